@@ -49,7 +49,6 @@ class Settings(BaseSettings):
     """The lab bridge's network; the bridge takes the first address."""
     lab_repo_port: int = 8800
     """TCP port of the lab's package repository on the bridge address."""
-    log_level: str = "WARNING"
 
     @field_validator("db")
     @classmethod
@@ -114,7 +113,12 @@ def load_settings(*, config: str | os.PathLike[str] | None = None, **flags: Any)
     except ValidationError as exc:
         err = exc.errors()[0]
         field = ".".join(str(p) for p in err["loc"])
-        where = f"{path}: " if path and field in file_values else ""
+        if field in flags and flags[field] is not None:
+            where = f"--{field.replace('_', '-')}: "
+        elif field in env_keys:
+            where = f"{ENV_PREFIX}{field.upper()}: "
+        else:
+            where = f"{path}: " if path and field in file_values else ""
         raise BadInputError(
             f"{where}setting {field!r}: {err['msg']}",
             hint="see docs/operations.md for the settings and their types",

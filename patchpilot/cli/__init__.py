@@ -42,12 +42,14 @@ def root(
     db: Annotated[
         str | None,
         typer.Option(
-            "--db", help="Store: SQLite file path or SQLAlchemy URL [env: PATCHPILOT_DB]."
+            "--db", help="Store: SQLite file path or SQLAlchemy URL \\[env: PATCHPILOT_DB]."
         ),
     ] = None,
     config: Annotated[
         Path | None,
-        typer.Option("--config", help="TOML config file [env: PATCHPILOT_CONFIG].", dir_okay=False),
+        typer.Option(
+            "--config", help="TOML config file \\[env: PATCHPILOT_CONFIG].", dir_okay=False
+        ),
     ] = None,
     debug: Annotated[
         bool, typer.Option("--debug", help="Debug logging and full tracebacks.")

@@ -36,7 +36,7 @@ def up(
         str | None,
         typer.Option(
             "--groups",
-            help=f"Hosts per group, NAME=COUNT[:RELEASE],... [default: {DEFAULT_GROUPS}]",
+            help=f"Hosts per group, NAME=COUNT[:RELEASE],... \\[default: {DEFAULT_GROUPS}]",
         ),
     ] = None,
     release: Annotated[

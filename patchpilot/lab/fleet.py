@@ -38,10 +38,10 @@ log = logging.getLogger(__name__)
 
 DEFAULT_GROUPS = "web=6,db=2"
 DEFAULT_RELEASE = "bookworm"
-_GROUP_RE = re.compile(r"^[a-z][a-z0-9_]{0,11}$")
+_GROUP_RE = re.compile(r"[a-z][a-z0-9_]{0,11}")
+# ServerAlive makes a connection to a host that was cut off fail in about 15 s instead of
+# hanging (Ansible's ControlPersist masters would otherwise wait forever).
 SSH_OPTIONS = [
-    "-o",
-    "BatchMode=yes",
     "-o",
     "StrictHostKeyChecking=no",
     "-o",
@@ -49,8 +49,12 @@ SSH_OPTIONS = [
     "-o",
     "LogLevel=ERROR",
     "-o",
-    "ConnectTimeout=5",
+    "ServerAliveInterval=5",
+    "-o",
+    "ServerAliveCountMax=3",
 ]
+CLI_SSH_OPTIONS = [*SSH_OPTIONS, "-o", "BatchMode=yes", "-o", "ConnectTimeout=5"]
+RESERVED_GROUPS = {"all", "ungrouped"}
 LOCK_UNIT = "patchpilot-dpkg-lock"
 
 Progress = Callable[[str], None]
@@ -106,6 +110,7 @@ def parse_fleet(
         groups = DEFAULT_GROUPS
     specs: list[HostSpec] = []
     seen: set[str] = set()
+    names: set[str] = set()
     for part in (p.strip() for p in groups.split(",")):
         m = re.fullmatch(r"([^=]+)=(\d+)(?::(.+))?", part)
         if not m:
@@ -113,7 +118,7 @@ def parse_fleet(
                 f"invalid group spec {part!r}", hint="use NAME=COUNT[:RELEASE], e.g. web=4,db=2"
             )
         name, count, grp_release = m.group(1), int(m.group(2)), m.group(3) or release
-        if not _GROUP_RE.match(name):
+        if not _GROUP_RE.fullmatch(name) or name in RESERVED_GROUPS:
             raise BadInputError(
                 f"invalid group name {name!r}",
                 hint="lower-case letters, digits and _, from a letter on; 12 at most",
@@ -125,7 +130,14 @@ def parse_fleet(
         image.validate_release(grp_release)
         seen.add(name)
         for i in range(1, count + 1):
-            specs.append(HostSpec(f"{name}{i:02d}", name, grp_release, len(specs) + 1))
+            host = f"{name}{i:02d}"
+            if host in names:
+                raise BadInputError(
+                    f"two hosts would be named {host!r}",
+                    hint="rename a group so its names cannot run into another's",
+                )
+            names.add(host)
+            specs.append(HostSpec(host, name, grp_release, len(specs) + 1))
     if hosts is not None and hosts != len(specs):
         raise BadInputError(
             f"--hosts {hosts} disagrees with --groups ({len(specs)} hosts)",
@@ -418,7 +430,7 @@ class Lab:
 
     # ---- waiting and talking to hosts ----------------------------------------------------
     def ssh_argv(self, h: LabHost, command: str | None = None, *, tty: bool = False) -> list[str]:
-        argv = ["ssh", "-i", str(self.key), *SSH_OPTIONS]
+        argv = ["ssh", "-i", str(self.key), *CLI_SSH_OPTIONS]
         if tty:
             argv.append("-t")
         argv.append(f"root@{h.address}")
@@ -650,7 +662,7 @@ def write_inventory(path: Path, hosts: list[LabHost], key: Path) -> None:
             "vars": {
                 "ansible_user": "root",
                 "ansible_ssh_private_key_file": str(key),
-                "ansible_ssh_common_args": " ".join(SSH_OPTIONS[:8]),
+                "ansible_ssh_common_args": " ".join(SSH_OPTIONS),
                 "ansible_python_interpreter": "/usr/bin/python3",
             },
             "children": {g: {"hosts": hs} for g, hs in groups.items()},

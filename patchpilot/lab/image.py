@@ -19,11 +19,11 @@ MIRROR = "http://deb.debian.org/debian"
 # python3-apt: Ansible's apt and package_facts modules need it on the host.
 INCLUDE = "python3,python3-apt,openssh-server,systemd,systemd-sysv,dbus,apt"
 STAMP = ".patchpilot-base.json"
-_RELEASE_RE = re.compile(r"^[a-z][a-z0-9-]{1,30}$")
+_RELEASE_RE = re.compile(r"[a-z][a-z0-9-]{1,30}")
 
 
 def validate_release(release: str) -> str:
-    if not _RELEASE_RE.match(release):
+    if not _RELEASE_RE.fullmatch(release):
         raise BadInputError(
             f"invalid Debian release name {release!r}", hint="use a codename such as bookworm"
         )

@@ -25,7 +25,8 @@ def parse_subnet(subnet: str) -> ipaddress.IPv4Network:
             f"invalid lab subnet {subnet!r}: {exc}",
             hint="use a private IPv4 network, e.g. 10.213.0.0/24",
         ) from exc
-    if not net.is_private or net.prefixlen > 28:
+    unusable = net.is_loopback or net.is_link_local or net.is_unspecified or net.is_multicast
+    if not net.is_private or unusable or net.prefixlen > 28:
         raise BadInputError(
             f"lab subnet {subnet} must be a private IPv4 network of /28 or larger",
             hint="e.g. 10.213.0.0/24",
