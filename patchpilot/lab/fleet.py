@@ -31,7 +31,7 @@ import yaml
 from patchpilot.errors import BadInputError, LabError
 from patchpilot.lab import image, network, repo
 from patchpilot.lab.supervisor import MARKER
-from patchpilot.lab.system import require_lab_prerequisites, run
+from patchpilot.lab.system import ensure_kernel_limits, require_lab_prerequisites, run
 from patchpilot.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -243,6 +243,8 @@ class Lab:
         timings["repo"] = time.monotonic() - t
 
         t = time.monotonic()
+        for change in ensure_kernel_limits():
+            self.progress(f"raised kernel limit {change}")
         self.progress(f"booting {len(wanted)} hosts")
         for h in wanted:
             self._prepare_host(h, bases[h.release])
@@ -524,6 +526,7 @@ class Lab:
         h = self.host(name)
         base = image.ensure_base_image(self.cache, h.release)
         self._prepare_host(h, base)
+        ensure_kernel_limits()
         if not self.is_running(h):
             self._start_supervisor(h)
         if network.link_is_up(h.index):

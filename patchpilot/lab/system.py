@@ -48,6 +48,36 @@ def require_lab_prerequisites(tools: dict[str, str] | None = None) -> None:
         )
 
 
+# Each booted host's systemd holds a handful of inotify instances, all counted against root;
+# Debian's default of 128 stalls the boot of the twentieth-odd host with no error at all.
+KERNEL_MINIMUMS: dict[str, int] = {
+    "fs/inotify/max_user_instances": 8192,
+    "fs/inotify/max_user_watches": 524288,
+}
+
+
+def ensure_kernel_limits(minimums: dict[str, int] | None = None) -> list[str]:
+    """Raise the sysctls the lab needs where they are lower; return what was changed."""
+    changed = []
+    for key, minimum in (KERNEL_MINIMUMS if minimums is None else minimums).items():
+        path = f"/proc/sys/{key}"
+        try:
+            with open(path) as f:
+                current = int(f.read().split()[0])
+            if current < minimum:
+                with open(path, "w") as f:
+                    f.write(str(minimum))
+                changed.append(f"{key.replace('/', '.')} {current} -> {minimum}")
+        except (OSError, ValueError) as exc:
+            raise EnvironmentProblem(
+                f"cannot raise {key.replace('/', '.')} to {minimum}: {exc}",
+                hint=f"set it by hand: sysctl -w {key.replace('/', '.')}={minimum}",
+            ) from exc
+    for change in changed:
+        log.info("raised kernel limit %s for the lab", change)
+    return changed
+
+
 def run(
     cmd: Sequence[str],
     *,
