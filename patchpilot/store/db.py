@@ -1,0 +1,108 @@
+"""Opening the store: engine, pragmas, schema migrations."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import ArgumentError, DatabaseError, OperationalError
+from sqlmodel import Session, create_engine
+
+from patchpilot.errors import BadInputError, PatchpilotError
+
+log = logging.getLogger(__name__)
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for `url`; for SQLite, the file's folder is created and WAL mode is on so a
+    reader never blocks the run that writes, and a crash never leaves half a transaction."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise BadInputError(
+            f"invalid database URL {url!r}", hint="use a file path or an SQLAlchemy URL"
+        ) from exc
+    is_sqlite = parsed.get_backend_name() == "sqlite"
+    if is_sqlite and parsed.database and parsed.database != ":memory:":
+        path = Path(parsed.database)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise BadInputError(
+                f"cannot create the folder of the store {path}: {exc.strerror}",
+                hint="choose another location with --db or PATCHPILOT_DB",
+            ) from exc
+    connect_args: dict[str, Any] = {"timeout": 30} if is_sqlite else {}
+    engine = create_engine(url, connect_args=connect_args)
+    if is_sqlite:
+        event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.close()
+
+
+def upgrade_schema(engine: Engine) -> str:
+    """Bring the schema to the newest revision; returns that revision."""
+    from alembic import command
+    from alembic.config import Config
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    head = ScriptDirectory.from_config(cfg).get_current_head()
+    try:
+        with engine.begin() as conn:
+            current = MigrationContext.configure(conn).get_current_revision()
+            if current != head:
+                if current is not None and current not in _known_revisions(cfg):
+                    raise PatchpilotError(
+                        f"the store is at schema revision {current}, newer than this patchpilot",
+                        hint="upgrade patchpilot, or point --db at another store",
+                    )
+                log.info("migrating the store from %s to %s", current or "empty", head)
+                cfg.attributes["connection"] = conn
+                command.upgrade(cfg, "head")
+    except (OperationalError, DatabaseError) as exc:
+        raise BadInputError(
+            f"cannot open the store {engine.url.render_as_string(hide_password=True)}: "
+            f"{exc.orig or exc}",
+            hint="check the path and its permissions, or choose another with --db",
+        ) from exc
+    return head or ""
+
+
+def _known_revisions(cfg: Any) -> set[str]:
+    from alembic.script import ScriptDirectory
+
+    return {rev.revision for rev in ScriptDirectory.from_config(cfg).walk_revisions()}
+
+
+def open_store(url: str) -> Engine:
+    engine = make_engine(url)
+    upgrade_schema(engine)
+    return engine
+
+
+@contextmanager
+def session_scope(engine: Engine) -> Iterator[Session]:
+    """One transaction: committed if the block succeeds, rolled back if it raises."""
+    with Session(engine, expire_on_commit=False) as session:
+        try:
+            yield session
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
