@@ -75,7 +75,7 @@ def _setup_logging(debug: bool) -> None:
     handler = RichHandler(console=err_console, show_path=debug, rich_tracebacks=debug)
     root_logger.addHandler(handler)
     root_logger.setLevel(logging.WARNING)
-    logging.getLogger("patchpilot").setLevel(logging.DEBUG if debug else logging.INFO)
+    logging.getLogger("patchpilot").setLevel(logging.DEBUG if debug else logging.WARNING)
 
 
 def main(argv: list[str] | None = None) -> int:
