@@ -37,3 +37,35 @@ def print_table(title: str | None, columns: Sequence[str], rows: Iterable[Sequen
     for row in rows:
         table.add_row(*(str(cell) for cell in row))
     console.print(table)
+
+
+class HostProgress:
+    """A progress bar of hosts done, on stderr; silent where stderr is not a terminal."""
+
+    def __init__(self, description: str):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+        self._progress = Progress(
+            "[progress.description]{task.description}",
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=err_console,
+            transient=False,
+            disable=not err_console.is_terminal,
+        )
+        self._description = description
+        self._task: Any = None
+
+    def start(self, total: int) -> None:
+        self._progress.start()
+        self._task = self._progress.add_task(self._description, total=total)
+
+    def advance(self, host: str, status: str) -> None:
+        if self._task is not None:
+            self._progress.advance(self._task)
+        if status != "ok":
+            self._progress.console.print(f"[yellow]{escape(host)}: {escape(status)}[/]")
+
+    def stop(self) -> None:
+        self._progress.stop()

@@ -11,7 +11,9 @@ import typer
 
 from patchpilot import __version__
 from patchpilot.cli import config as config_cmd
+from patchpilot.cli import inventory as inventory_cmd
 from patchpilot.cli import lab as lab_cmd
+from patchpilot.cli import patches as patches_cmd
 from patchpilot.cli.context import AppState
 from patchpilot.console import err_console, print_error
 from patchpilot.errors import ExitCode, PatchpilotError
@@ -26,6 +28,9 @@ app = typer.Typer(
     add_completion=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+app.add_typer(inventory_cmd.app, name="inventory")
+app.add_typer(patches_cmd.app, name="patches")
+app.command("compliance")(patches_cmd.compliance)
 app.add_typer(lab_cmd.app, name="lab")
 app.add_typer(config_cmd.app, name="config")
 

@@ -6,8 +6,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import typer
+from sqlalchemy.engine import Engine
 
 from patchpilot.settings import Settings, load_settings
+from patchpilot.store.db import open_store
 
 
 @dataclass
@@ -16,12 +18,19 @@ class AppState:
     config: Path | None = None
     debug: bool = False
     _settings: Settings | None = field(default=None, repr=False)
+    _engine: Engine | None = field(default=None, repr=False)
 
     @property
     def settings(self) -> Settings:
         if self._settings is None:
             self._settings = load_settings(config=self.config, db=self.db)
         return self._settings
+
+    def engine(self) -> Engine:
+        """The store, opened (and migrated) on first use only."""
+        if self._engine is None:
+            self._engine = open_store(self.settings.db)
+        return self._engine
 
 
 def state(ctx: typer.Context) -> AppState:

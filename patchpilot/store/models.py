@@ -28,7 +28,9 @@ class Host(SQLModel, table=True):
     kernel: str | None = None
     architecture: str | None = None
     boot_time: datetime | None = None
+    boot_id: str | None = None
     uptime_seconds: int | None = None
+    reboot_required: bool = False
     package_manager: str | None = None
     reachable: bool = True
     last_seen: datetime | None = None
@@ -69,8 +71,10 @@ class PendingUpdate(SQLModel, table=True):
     arch: str = ""
     installed_version: str
     candidate_version: str
+    source: str | None = None  # the source package (e.g. openssl for libssl3)
     origin: str | None = None
     security: bool = False
+    held: bool = False
     reboot_needed: bool = False
     first_seen: datetime = Field(default_factory=utcnow)
     # Changelog facts (None where no changelog could be read).

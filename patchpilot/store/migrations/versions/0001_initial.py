@@ -1,4 +1,4 @@
-"""initial schema: hosts, packages, services, pending updates, gather runs
+"""initial schema
 
 Revision ID: 0001
 Revises:
@@ -49,7 +49,9 @@ def upgrade() -> None:
         sa.Column("kernel", sqlmodel.sql.sqltypes.AutoString(), nullable=True),
         sa.Column("architecture", sqlmodel.sql.sqltypes.AutoString(), nullable=True),
         sa.Column("boot_time", sqlmodel.sql.sqltypes.UTCDateTime(), nullable=True),
+        sa.Column("boot_id", sqlmodel.sql.sqltypes.AutoString(), nullable=True),
         sa.Column("uptime_seconds", sa.Integer(), nullable=True),
+        sa.Column("reboot_required", sa.Boolean(), nullable=False),
         sa.Column("package_manager", sqlmodel.sql.sqltypes.AutoString(), nullable=True),
         sa.Column("reachable", sa.Boolean(), nullable=False),
         sa.Column("last_seen", sqlmodel.sql.sqltypes.UTCDateTime(), nullable=True),
@@ -84,8 +86,10 @@ def upgrade() -> None:
         sa.Column("arch", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
         sa.Column("installed_version", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
         sa.Column("candidate_version", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
+        sa.Column("source", sqlmodel.sql.sqltypes.AutoString(), nullable=True),
         sa.Column("origin", sqlmodel.sql.sqltypes.AutoString(), nullable=True),
         sa.Column("security", sa.Boolean(), nullable=False),
+        sa.Column("held", sa.Boolean(), nullable=False),
         sa.Column("reboot_needed", sa.Boolean(), nullable=False),
         sa.Column("first_seen", sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
         sa.Column("cve_ids", sa.JSON(), nullable=False),

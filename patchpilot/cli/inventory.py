@@ -1,0 +1,135 @@
+"""`patchpilot inventory`: gather facts from hosts; list and show what the store knows."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from patchpilot.cli.context import state
+from patchpilot.console import HostProgress, console, info, print_json, print_table
+from patchpilot.errors import BadInputError, ExitCode
+from patchpilot.store.db import session_scope
+from patchpilot.store.queries import host_detail, list_hosts
+
+app = typer.Typer(help="Gather facts from hosts; list and show them.", no_args_is_help=True)
+
+InventoryOpt = Annotated[
+    Path, typer.Option("--inventory", "-i", help="Ansible inventory: file, directory or script.")
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+
+
+@app.command()
+def gather(
+    ctx: typer.Context,
+    inventory: InventoryOpt,
+    limit: Annotated[
+        str | None, typer.Option("--limit", "-l", help="Ansible host pattern.")
+    ] = None,
+    forks: Annotated[int, typer.Option("--forks", "-f", min=1, help="Hosts in parallel.")] = 10,
+    refresh: Annotated[bool, typer.Option(help="Refresh package lists on the hosts first.")] = True,
+) -> None:
+    """Gather OS facts, packages, services and pending updates (with changelog facts)."""
+    from patchpilot.inventory import gather as gather_facts
+
+    st = state(ctx)
+    st.settings  # noqa: B018  (settings errors before anything runs)
+    bar = HostProgress("gathering")
+    try:
+        summary = gather_facts(
+            st.engine,
+            inventory,
+            limit=limit,
+            forks=forks,
+            refresh=refresh,
+            on_start=bar.start,
+            on_host_done=bar.advance,
+        )
+    finally:
+        bar.stop()
+    for host, msg in sorted(summary.unreachable.items()):
+        info(f"{host}: unreachable: {msg}")
+    for host, msg in sorted(summary.failed.items()):
+        info(f"{host}: failed: {msg}")
+    info(
+        f"gather {summary.run_id}: {len(summary.ok)} of {summary.total} hosts gathered, "
+        f"{len(summary.unreachable)} unreachable, {len(summary.failed)} failed"
+    )
+    if summary.failed or summary.unreachable:
+        raise typer.Exit(ExitCode.FAILED if not summary.ok else ExitCode.PARTIAL)
+
+
+@app.command("list")
+def list_(ctx: typer.Context, as_json: JsonOpt = False) -> None:
+    """Hosts with OS, last seen, and pending and security update counts."""
+    with session_scope(state(ctx).engine()) as s:
+        rows = list_hosts(session=s)
+    if as_json:
+        print_json([r.__dict__ for r in rows])
+        return
+    if not rows:
+        info("no hosts yet: run `patchpilot inventory gather -i INVENTORY`")
+        return
+    print_table(
+        None,
+        ["host", "os", "kernel", "reachable", "last seen", "pending", "security"],
+        [
+            (
+                r.name,
+                r.os,
+                r.kernel or "",
+                "yes" if r.reachable else "NO",
+                r.last_seen.strftime("%Y-%m-%d %H:%M") if r.last_seen else "never",
+                r.pending,
+                r.security,
+            )
+            for r in rows
+        ],
+    )
+
+
+@app.command()
+def show(ctx: typer.Context, host: str, as_json: JsonOpt = False) -> None:
+    """Everything the store knows about one host."""
+    with session_scope(state(ctx).engine()) as s:
+        detail = host_detail(session=s, name=host)
+    if detail is None:
+        raise BadInputError(
+            f"no host named {host!r} in the store", hint="see `patchpilot inventory list`"
+        )
+    if as_json:
+        print_json(detail)
+        return
+    h = detail["host"]
+    console.print(f"[bold]{host}[/]  {detail['os']}  kernel {h['kernel']}  {h['architecture']}")
+    console.print(
+        f"address {h['address']}  groups {', '.join(h['groups']) or '-'}  "
+        f"reachable {'yes' if h['reachable'] else 'NO'}  last seen {h['last_seen']}"
+    )
+    if h["last_error"]:
+        console.print(f"[red]last error:[/] {h['last_error']}", markup=True)
+    running = sum(1 for s_ in detail["services"] if s_["state"] == "running")
+    console.print(
+        f"{detail['installed_packages']} packages installed, {running} services running, "
+        f"reboot required: {'yes' if h['reboot_required'] else 'no'}"
+    )
+    print_table(
+        "pending updates",
+        ["package", "installed", "candidate", "security", "CVEs"],
+        [
+            (
+                u["package"],
+                u["installed_version"],
+                u["candidate_version"],
+                "yes" if u["security"] else "",
+                _cves(u["cve_ids"]),
+            )
+            for u in detail["pending_updates"]
+        ],
+    )
+
+
+def _cves(ids: list[str], most: int = 1) -> str:
+    return ", ".join(ids[:most]) + (f" +{len(ids) - most}" if len(ids) > most else "")

@@ -1,0 +1,226 @@
+"""The one boundary with Ansible: runs playbooks and inventory queries through ansible-runner
+and returns typed results. No other module imports ansible_runner."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ansible_runner
+
+from patchpilot.errors import BadInputError, PatchpilotError
+
+log = logging.getLogger(__name__)
+
+PLAYBOOKS = Path(__file__).resolve().parent.parent / "playbooks"
+# A connection to a host that vanished fails in ~15 s instead of hanging on a ControlPersist
+# master; used unless the user set their own ANSIBLE_SSH_ARGS.
+DEFAULT_SSH_ARGS = (
+    "-C -o ControlMaster=auto -o ControlPersist=60s -o ServerAliveInterval=5 "
+    "-o ServerAliveCountMax=3"
+)
+
+
+@dataclass(frozen=True)
+class HostEvent:
+    """One task result on one host, as Ansible reported it."""
+
+    host: str
+    kind: str  # ok, failed, unreachable, skipped
+    task: str
+    action: str
+    result: dict[str, Any]
+
+    @property
+    def message(self) -> str:
+        msg = self.result.get("msg") or self.result.get("stderr") or self.result.get("reason")
+        return " ".join(str(msg).split())[:500] if msg else f"{self.kind} at task {self.task!r}"
+
+
+@dataclass
+class HostOutcome:
+    name: str
+    status: str = "ok"  # ok, failed, unreachable
+    message: str | None = None
+    changed: bool = False
+
+
+@dataclass
+class PlaybookResult:
+    status: str  # successful, failed, timeout, canceled
+    rc: int
+    hosts: dict[str, HostOutcome] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class InventoryHost:
+    name: str
+    address: str | None
+    groups: tuple[str, ...]
+
+
+def _env() -> dict[str, str]:
+    # The Ansible commands must be those installed beside this Python, activated venv or not;
+    # ansible-runner looks them up on this process's own PATH.
+    bindir = str(Path(sys.executable).parent)
+    path = os.environ.get("PATH", "")
+    if bindir not in path.split(os.pathsep):
+        os.environ["PATH"] = f"{bindir}{os.pathsep}{path}"
+    env = {"PATH": os.environ["PATH"]}
+    if "ANSIBLE_SSH_ARGS" not in os.environ:
+        env["ANSIBLE_SSH_ARGS"] = DEFAULT_SSH_ARGS
+    env.setdefault("ANSIBLE_NOCOLOR", "1")
+    return env
+
+
+def check_inventory_path(inventory: str | Path) -> Path:
+    path = Path(inventory)
+    if not path.exists():
+        raise BadInputError(
+            f"inventory not found: {inventory}",
+            hint="give an Ansible inventory file, directory or script with -i",
+        )
+    return path.resolve()
+
+
+def list_inventory(inventory: str | Path) -> list[InventoryHost]:
+    """Every host with its groups and address, read by Ansible itself (any inventory form)."""
+    path = check_inventory_path(inventory)
+    with tempfile.TemporaryDirectory(prefix="patchpilot-inv-") as tmp:
+        out, err = ansible_runner.get_inventory(
+            "list",
+            [str(path)],
+            response_format="json",
+            quiet=True,
+            private_data_dir=tmp,
+            envvars=_env(),
+        )
+    try:
+        data = json.loads(out) if isinstance(out, str) else out
+    except (TypeError, ValueError) as exc:
+        detail = (err or "").strip().splitlines()
+        raise BadInputError(
+            f"Ansible could not read the inventory {inventory}: "
+            f"{detail[-1] if detail else 'no output'}",
+            hint="check it with `ansible-inventory -i INVENTORY --list`",
+        ) from exc
+    if not isinstance(data, dict):
+        raise BadInputError(f"Ansible could not read the inventory {inventory}")
+    hostvars = data.get("_meta", {}).get("hostvars", {})
+    groups: dict[str, set[str]] = {}
+
+    def walk(group: str, seen: frozenset[str]) -> None:
+        node = data.get(group, {})
+        for host in node.get("hosts", []):
+            groups.setdefault(host, set()).update(seen | {group})
+        for child in node.get("children", []):
+            walk(child, seen | {group})
+
+    walk("all", frozenset())
+    names = set(groups) | set(hostvars)
+    return [
+        InventoryHost(
+            name,
+            hostvars.get(name, {}).get("ansible_host"),
+            tuple(sorted(g for g in groups.get(name, ()) if g not in ("all", "ungrouped"))),
+        )
+        for name in sorted(names)
+    ]
+
+
+def match_hosts(inventory: str | Path, pattern: str) -> list[str]:
+    """The hosts an Ansible host pattern selects, as Ansible itself resolves it."""
+    path = check_inventory_path(inventory)
+    if pattern.startswith("-"):
+        raise BadInputError(f"invalid host pattern {pattern!r}", hint="e.g. --limit 'web:&prod'")
+    with tempfile.TemporaryDirectory(prefix="patchpilot-inv-") as tmp:
+        out, err, rc = ansible_runner.run_command(
+            executable_cmd="ansible",
+            cmdline_args=[pattern, "-i", str(path), "--list-hosts"],
+            quiet=True,
+            private_data_dir=tmp,
+            envvars=_env(),
+        )
+    if rc != 0:
+        detail = (err or out or "").strip().splitlines()
+        raise BadInputError(
+            f"Ansible rejected the host pattern {pattern!r}: {detail[-1] if detail else rc}"
+        )
+    lines = [ln.strip() for ln in (out or "").splitlines()]
+    return [ln for ln in lines if ln and not ln.startswith(("hosts (", "[WARNING]"))]
+
+
+def run_playbook(
+    playbook: str,
+    inventory: str | Path,
+    *,
+    limit: str | None = None,
+    forks: int = 10,
+    extravars: dict[str, Any] | None = None,
+    check: bool = False,
+    on_event: Callable[[HostEvent], None] | None = None,
+    keep_artifacts: bool = False,
+) -> PlaybookResult:
+    """Run playbooks/<playbook> and report each host's outcome; `on_event` sees every task
+    result as it happens (for progress and per-host writes)."""
+    path = check_inventory_path(inventory)
+    book = PLAYBOOKS / playbook
+    if not book.is_file():
+        raise PatchpilotError(f"playbook missing from this installation: {book}")
+    hosts: dict[str, HostOutcome] = {}
+
+    def handle(event: dict[str, Any]) -> bool:
+        kind = {
+            "runner_on_ok": "ok",
+            "runner_on_failed": "failed",
+            "runner_on_unreachable": "unreachable",
+            "runner_on_skipped": "skipped",
+        }.get(event.get("event", ""))
+        data = event.get("event_data", {})
+        if kind and data.get("host"):
+            ev = HostEvent(
+                data["host"],
+                kind,
+                data.get("task", ""),
+                data.get("task_action", ""),
+                data.get("res") or {},
+            )
+            outcome = hosts.setdefault(ev.host, HostOutcome(ev.host))
+            if kind == "failed" and data.get("ignore_errors"):
+                kind = "ok"
+            if kind in ("failed", "unreachable") and outcome.status == "ok":
+                outcome.status, outcome.message = kind, ev.message
+            outcome.changed |= bool(ev.result.get("changed"))
+            if on_event is not None:
+                on_event(ev)
+        return keep_artifacts
+
+    tmp = tempfile.mkdtemp(prefix="patchpilot-run-")
+    cmdline = "--check" if check else None
+    try:
+        runner = ansible_runner.run(
+            private_data_dir=tmp,
+            playbook=str(book),
+            inventory=str(path),
+            limit=limit,
+            forks=forks,
+            extravars=extravars or {},
+            cmdline=cmdline,
+            quiet=True,
+            envvars=_env(),
+            event_handler=handle,
+            suppress_env_files=True,
+        )
+    finally:
+        if not keep_artifacts:
+            shutil.rmtree(tmp, ignore_errors=True)
+    status = runner.status if runner is not None else "failed"
+    return PlaybookResult(status=str(status), rc=int(runner.rc or 0) if runner else 1, hosts=hosts)
