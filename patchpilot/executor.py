@@ -78,6 +78,8 @@ def _env() -> dict[str, str]:
     if "ANSIBLE_SSH_ARGS" not in os.environ:
         env["ANSIBLE_SSH_ARGS"] = DEFAULT_SSH_ARGS
     env.setdefault("ANSIBLE_NOCOLOR", "1")
+    # A source Ansible cannot parse is an error, not a warning and a smaller fleet.
+    env["ANSIBLE_INVENTORY_ANY_UNPARSED_IS_FAILED"] = "True"
     return env
 
 
@@ -106,10 +108,8 @@ def list_inventory(inventory: str | Path) -> list[InventoryHost]:
     try:
         data = json.loads(out) if isinstance(out, str) else out
     except (TypeError, ValueError) as exc:
-        detail = (err or "").strip().splitlines()
         raise BadInputError(
-            f"Ansible could not read the inventory {inventory}: "
-            f"{detail[-1] if detail else 'no output'}",
+            f"Ansible could not read the inventory {inventory}: {_first_error(err or out)}",
             hint="check it with `ansible-inventory -i INVENTORY --list`",
         ) from exc
     if not isinstance(data, dict):
@@ -148,14 +148,28 @@ def match_hosts(inventory: str | Path, pattern: str) -> list[str]:
             quiet=True,
             private_data_dir=tmp,
             envvars=_env(),
+            runner_mode="subprocess",
         )
     if rc != 0:
-        detail = (err or out or "").strip().splitlines()
         raise BadInputError(
-            f"Ansible rejected the host pattern {pattern!r}: {detail[-1] if detail else rc}"
+            f"Ansible could not use the inventory {inventory} with pattern {pattern!r}: "
+            f"{_first_error(err or out)}",
+            hint="check it with `ansible-inventory -i INVENTORY --list`",
         )
-    lines = [ln.strip() for ln in (out or "").splitlines()]
-    return [ln for ln in lines if ln and not ln.startswith(("hosts (", "[WARNING]"))]
+    # stdout is "  hosts (N):" followed by one indented host name per line.
+    lines = (out or "").splitlines()
+    start = next((i for i, ln in enumerate(lines) if ln.strip().startswith("hosts (")), None)
+    return [] if start is None else [ln.strip() for ln in lines[start + 1 :] if ln.strip()]
+
+
+def _first_error(text: str | None) -> str:
+    lines = [ln.strip() for ln in (text or "").splitlines() if ln.strip()]
+    for ln in lines:
+        if "ERROR" in ln or "Failed to parse" in ln or "Unable to parse" in ln:
+            for prefix in ("[ERROR]:", "[WARNING]:", "ERROR!"):
+                ln = ln.removeprefix(prefix).strip()
+            return ln[:300]
+    return lines[-1][:300] if lines else "no output"
 
 
 def run_playbook(

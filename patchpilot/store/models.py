@@ -42,8 +42,10 @@ class InstalledPackage(SQLModel, table=True):
     __table_args__ = (UniqueConstraint("host_id", "name", "arch"),)
 
     id: int | None = Field(default=None, primary_key=True)
-    host_id: int = Field(foreign_key="host.id", index=True, ondelete="CASCADE")
-    name: str = Field(index=True)
+    host_id: int = Field(foreign_key="host.id", ondelete="CASCADE")
+    # No index on name alone: it would put ~150 random page writes in every host's commit
+    # (bench/ingest.py); lookups by package name scan, which takes well under a second.
+    name: str
     version: str
     arch: str = ""
     source: str | None = None
@@ -53,7 +55,7 @@ class Service(SQLModel, table=True):
     __table_args__ = (UniqueConstraint("host_id", "name"),)
 
     id: int | None = Field(default=None, primary_key=True)
-    host_id: int = Field(foreign_key="host.id", index=True, ondelete="CASCADE")
+    host_id: int = Field(foreign_key="host.id", ondelete="CASCADE")
     name: str
     state: str
     enabled: str | None = None  # enabled, disabled, static, masked ...
@@ -66,8 +68,8 @@ class PendingUpdate(SQLModel, table=True):
     __table_args__ = (UniqueConstraint("host_id", "package", "arch"),)
 
     id: int | None = Field(default=None, primary_key=True)
-    host_id: int = Field(foreign_key="host.id", index=True, ondelete="CASCADE")
-    package: str = Field(index=True)
+    host_id: int = Field(foreign_key="host.id", ondelete="CASCADE")
+    package: str  # not indexed, for the same reason as InstalledPackage.name
     arch: str = ""
     installed_version: str
     candidate_version: str

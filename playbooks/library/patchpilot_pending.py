@@ -69,9 +69,9 @@ def parse_changelog(text):
         m = HEADER_RE.match(line)
         if m:
             params = dict(
-                p.strip().split("=", 1) for p in m.group(4).split(",") if "=" in p
+                p.strip().lower().split("=", 1) for p in m.group(4).split(",") if "=" in p
             )
-            current = {"package": m.group(1), "version": m.group(2),
+            current = {"package": m.group(1), "version": m.group(2), "when": None,
                        "urgency": params.get("urgency", "").lower().split()[0]
                        if params.get("urgency") else None,
                        "body": [], "date": None}
@@ -82,7 +82,8 @@ def parse_changelog(text):
         t = TRAILER_RE.match(line)
         if t:
             try:
-                current["date"] = parsedate_to_datetime(t.group(2).strip()).isoformat()
+                current["when"] = parsedate_to_datetime(t.group(2).strip())
+                current["date"] = current["when"].isoformat()
             except (TypeError, ValueError):
                 current["date"] = None
             current = None
@@ -107,12 +108,13 @@ def changelog_facts(text, installed, candidate, compare):
     for e in newer:
         cves.update(CVE_RE.findall(e["body"]))
     urgencies = [e["urgency"] for e in newer if e["urgency"] in URGENCY_RANK]
-    dates = [e["date"] for e in newer if e["date"]]
+    # Compare instants, not ISO strings: maintainers write in different time zones.
+    dated = [e for e in newer if e["when"] is not None]
     return {
         "cve_ids": sorted(cves, key=lambda c: (int(c.split("-")[1]), int(c.split("-")[2]))),
         "urgency": max(urgencies, key=URGENCY_RANK.get) if urgencies else None,
         "changelog_entries": len(newer),
-        "changelog_date": max(dates) if dates else None,
+        "changelog_date": max(dated, key=lambda e: e["when"])["date"] if dated else None,
     }
 
 
@@ -312,6 +314,9 @@ def dnf_updates(module, tool):
     updates = parse_dnf_check_update(out)
     rc, info, _ = module.run_command([tool, "-q", "updateinfo", "list", "--with-cve"])
     cves, security = parse_dnf_updateinfo(info) if rc == 0 else ({}, set())
+    rc, info, _ = module.run_command([tool, "-q", "updateinfo", "list", "--security"])
+    if rc == 0:
+        security |= parse_dnf_updateinfo(info)[1]
     for u in updates:
         rc, cur, _ = module.run_command(
             ["rpm", "-q", "--qf", "%{EPOCHNUM}:%{VERSION}-%{RELEASE}\n", u["package"]])

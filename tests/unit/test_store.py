@@ -98,3 +98,15 @@ def test_a_store_from_a_newer_patchpilot_is_refused(tmp_path: Path) -> None:
 def test_invalid_url_is_bad_input() -> None:
     with pytest.raises(BadInputError):
         make_engine("not a url://x")
+
+
+def test_the_migrations_build_exactly_the_models(tmp_path: Path) -> None:
+    """A model change without its migration would leave users' stores behind."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+    from sqlmodel import SQLModel
+
+    engine = open_store(db_url(str(tmp_path / "pp.db")))
+    with engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), SQLModel.metadata)
+    assert diff == []
