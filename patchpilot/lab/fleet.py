@@ -370,6 +370,17 @@ class Lab:
         (root / "etc" / "ssh" / "sshd_config.d" / "patchpilot-lab.conf").write_text(
             "HostKey /etc/ssh/ssh_host_ed25519_key\nUseDNS no\nMaxStartups 100:30:200\n"
         )
+        # sshd's pam_env logs an error at every login without this file; the health checks
+        # count error-level journal lines, so the lab starts with none.
+        locale = root / "etc" / "default" / "locale"
+        if not locale.exists():
+            locale.write_text('LANG="C.UTF-8"\n')
+        # Hosts have no route to Debian: apt's daily timers could only fail, and at random
+        # moments would take the dpkg lock in the middle of a test.
+        for timer in ("apt-daily.timer", "apt-daily-upgrade.timer"):
+            masked = root / "etc" / "systemd" / "system" / timer
+            if not masked.is_symlink():
+                masked.symlink_to("/dev/null")
         (root / "etc" / "apt" / "sources.list.d" / "patchpilot-lab.list").write_text(
             f"deb [trusted=yes] http://{self.bridge_ip}:{self.settings.lab_repo_port} ./\n"
         )

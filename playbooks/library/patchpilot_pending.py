@@ -359,7 +359,9 @@ def main():
     if module.get_bin_path("apt-get"):
         result["package_manager"] = "apt"
         if p["update_cache"]:
-            rc, _, err = module.run_command(["apt-get", "update", "-q"])
+            rc, _, err = module.run_command(
+                ["apt-get", "update", "-q", "-o", "DPkg::Lock::Timeout=120"]
+            )
             if rc != 0:
                 module.fail_json(msg="apt-get update failed: %s" % err.strip()[-500:])
         try:

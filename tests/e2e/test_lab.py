@@ -56,7 +56,13 @@ def test_hosts_are_distinct_debian_machines_with_systemd(lab: LabFleet) -> None:
             ". /etc/os-release; echo $VERSION_CODENAME",
         ).stdout.split()
         assert out[0] == host
-        assert out[2] == "running", f"{host}: systemd is {out[2]} (failed units?)"
+        if out[2] != "running":
+            failed = lab.ssh(
+                host,
+                "systemctl --failed --no-legend; journalctl -p err -b --no-pager | tail -20",
+                check=False,
+            ).stdout
+            raise AssertionError(f"{host}: systemd is {out[2]}:\n{failed}")
         assert out[3] == "bookworm"
         ids.add(out[1])
     assert len(ids) == 2
