@@ -634,6 +634,7 @@ class Lab:
         links = network.leftover_links()
         report["links"] = len(links)
         network.remove_all(links)
+        _remove_cgroups()
         inv = state.get("inventory")
         if isinstance(inv, str) and Path(inv).is_file() and _written_by_lab(Path(inv)):
             Path(inv).unlink()
@@ -693,6 +694,20 @@ def _written_by_lab(path: Path) -> bool:
         return path.read_text().startswith(INVENTORY_HEADER)
     except OSError:
         return False
+
+
+def _remove_cgroups() -> None:
+    """Remove the hosts' cgroups (empty once their processes are gone), deepest first."""
+    from patchpilot.lab.supervisor import CGROUP_PARENT, cgroup_hierarchies
+
+    for mount in cgroup_hierarchies():
+        top = mount / CGROUP_PARENT
+        if not top.is_dir():
+            continue
+        dirs = sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: len(p.parts))
+        for d in [*reversed(dirs), top]:
+            with contextlib.suppress(OSError):
+                d.rmdir()
 
 
 def _host_release() -> str:

@@ -8,14 +8,45 @@ systemd down cleanly. Run as ``python -m patchpilot.lab.supervisor --name H --ro
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 from types import FrameType
 
 REBOOT_EXIT = 133
 MARKER = "patchpilot.lab.supervisor"
+CGROUP_PARENT = "patchpilot-lab"
+
+
+def cgroup_hierarchies() -> list[Path]:
+    """Mount points of the hierarchies systemd uses: cgroup2 and the v1 name=systemd one."""
+    found = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        pre, _, post = line.partition(" - ")
+        fstype, _source, options = [*post.split(), "", "", ""][:3]
+        point = pre.split()[4]
+        if fstype == "cgroup2" or (fstype == "cgroup" and "name=systemd" in options.split(",")):
+            found.append(Path(point))
+    return found
+
+
+def join_own_cgroup(name: str) -> None:
+    """Move this process (and so its systemd-nspawn) into a cgroup of the host's own.
+
+    systemd-nspawn makes `payload` and `supervisor` cgroups where it starts; hosts started
+    from one shared cgroup would share them, and their systemds would remove each other's
+    unit cgroups at boot (seen as units failing with "Failed to attach to cgroup").
+    """
+    for mount in cgroup_hierarchies():
+        group = mount / CGROUP_PARENT / name
+        try:
+            group.mkdir(parents=True, exist_ok=True)
+            (group / "cgroup.procs").write_text(str(os.getpid()))
+        except OSError as exc:
+            _say(f"{name}: could not use cgroup {group}: {exc}")
 
 
 def nspawn_command(name: str, root: str, netns: str) -> list[str]:
@@ -45,6 +76,7 @@ def supervise(name: str, root: str, netns: str) -> int:
 
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
+    join_own_cgroup(name)
     boots = 0
     while True:
         boots += 1
