@@ -267,21 +267,7 @@ class Lab:
         if self.key.exists():
             return
         self.key.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        run(
-            [
-                "ssh-keygen",
-                "-q",
-                "-t",
-                "ed25519",
-                "-N",
-                "",
-                "-C",
-                "patchpilot-lab",
-                "-f",
-                str(self.key),
-            ],
-            what="generating the lab SSH key",
-        )
+        _ssh_keygen(self.key, "patchpilot-lab")
 
     def _ensure_repo(self, bases: dict[str, Path], with_debian_updates: bool) -> list[str]:
         from patchpilot.lab import demo
@@ -352,21 +338,7 @@ class Lab:
         auth.chmod(0o600)
         host_key = root / "etc" / "ssh" / "ssh_host_ed25519_key"
         if not host_key.exists():
-            run(
-                [
-                    "ssh-keygen",
-                    "-q",
-                    "-t",
-                    "ed25519",
-                    "-N",
-                    "",
-                    "-C",
-                    f"root@{h.name}",
-                    "-f",
-                    str(host_key),
-                ],
-                what=f"generating the host key of {h.name}",
-            )
+            _ssh_keygen(host_key, f"root@{h.name}")
         (root / "etc" / "ssh" / "sshd_config.d" / "patchpilot-lab.conf").write_text(
             "HostKey /etc/ssh/ssh_host_ed25519_key\nUseDNS no\nMaxStartups 100:30:200\n"
         )
@@ -694,6 +666,13 @@ def _written_by_lab(path: Path) -> bool:
         return path.read_text().startswith(INVENTORY_HEADER)
     except OSError:
         return False
+
+
+def _ssh_keygen(path: Path, comment: str) -> None:
+    run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)],
+        what=f"generating the SSH key {path.name} ({comment})",
+    )
 
 
 def _remove_cgroups() -> None:
