@@ -62,10 +62,9 @@ class HostProgress:
         self._task = self._progress.add_task(self._description, total=total)
 
     def advance(self, host: str, status: str) -> None:
+        """One host done; failures are reported, with their errors, by the command at the end."""
         if self._task is not None:
             self._progress.advance(self._task)
-        if status != "ok":
-            self._progress.console.print(f"[yellow]{escape(host)}: {escape(status)}[/]")
 
     def stop(self) -> None:
         self._progress.stop()
