@@ -88,9 +88,7 @@ def host_detail(*, session: Session, name: str) -> dict[str, Any] | None:
         "os": os_label(host),
         "installed_packages": packages,
         "services": [s.model_dump(exclude={"id", "host_id"}) for s in services],
-        "pending_updates": [
-            _update_dict(u, host.name) for u in pending_updates(session=session, host=name)
-        ],
+        "pending_updates": update_rows(pending_updates(session=session, host=name)),
     }
 
 
@@ -116,14 +114,12 @@ def pending_updates(
     return rows
 
 
-def _update_dict(u: PendingUpdate, host: str | None = None) -> dict[str, Any]:
-    data = u.model_dump(exclude={"id", "host_id"})
-    data["host"] = host or u.__dict__.get("host_name")
-    return data
-
-
 def update_rows(updates: list[PendingUpdate]) -> list[dict[str, Any]]:
-    return [_update_dict(u) for u in updates]
+    """Plain dicts of rows from pending_updates(), each with its host's name."""
+    return [
+        {**u.model_dump(exclude={"id", "host_id"}), "host": u.__dict__.get("host_name")}
+        for u in updates
+    ]
 
 
 @dataclass
@@ -142,13 +138,12 @@ def compliance(
     """Per host: missing security updates and the age of the oldest (from its changelog date,
     else from when patchpilot first saw it); and the fleet's share of compliant hosts."""
     now = now or datetime.now(UTC)
+    security: dict[int, list[PendingUpdate]] = {}
+    for u in session.exec(select(PendingUpdate).where(col(PendingUpdate.security).is_(True))):
+        security.setdefault(u.host_id, []).append(u)
     rows = []
     for host in session.exec(select(Host).order_by(col(Host.name))):
-        sec = session.exec(
-            select(PendingUpdate).where(
-                PendingUpdate.host_id == host.id, col(PendingUpdate.security).is_(True)
-            )
-        ).all()
+        sec = security.get(host.id or 0, [])
         ages = [(now - _aware(u.changelog_date or u.first_seen)).days for u in sec]
         rows.append(
             ComplianceRow(
