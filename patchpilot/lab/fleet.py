@@ -30,7 +30,7 @@ import yaml
 
 from patchpilot.errors import BadInputError, LabError
 from patchpilot.lab import image, network, repo
-from patchpilot.lab.supervisor import MARKER
+from patchpilot.lab.supervisor import CGROUP_PARENT, MARKER, cgroup_hierarchies
 from patchpilot.lab.system import ensure_kernel_limits, require_lab_prerequisites, run
 from patchpilot.settings import Settings
 
@@ -677,8 +677,6 @@ def _ssh_keygen(path: Path, comment: str) -> None:
 
 def _remove_cgroups() -> None:
     """Remove the hosts' cgroups (empty once their processes are gone), deepest first."""
-    from patchpilot.lab.supervisor import CGROUP_PARENT, cgroup_hierarchies
-
     for mount in cgroup_hierarchies():
         top = mount / CGROUP_PARENT
         if not top.is_dir():
