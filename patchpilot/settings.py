@@ -49,6 +49,10 @@ class Settings(BaseSettings):
     """The lab bridge's network; the bridge takes the first address."""
     lab_repo_port: int = 8800
     """TCP port of the lab's package repository on the bridge address."""
+    risk_medium: float = 0.05
+    """Risk probability from which a pending update is 'medium' (canary strategy)."""
+    risk_high: float = 0.10
+    """Risk probability from which a pending update is 'high' (manual review)."""
 
     @field_validator("db")
     @classmethod

@@ -14,6 +14,7 @@ from patchpilot.cli import config as config_cmd
 from patchpilot.cli import inventory as inventory_cmd
 from patchpilot.cli import lab as lab_cmd
 from patchpilot.cli import patches as patches_cmd
+from patchpilot.cli import risk as risk_cmd
 from patchpilot.cli.context import AppState
 from patchpilot.console import err_console, print_error
 from patchpilot.errors import ExitCode, PatchpilotError
@@ -30,6 +31,7 @@ app = typer.Typer(
 )
 app.add_typer(inventory_cmd.app, name="inventory")
 app.add_typer(patches_cmd.app, name="patches")
+app.add_typer(risk_cmd.app, name="risk")
 app.command("compliance")(patches_cmd.compliance)
 app.add_typer(lab_cmd.app, name="lab")
 app.add_typer(config_cmd.app, name="config")

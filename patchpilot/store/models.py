@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import JSON, Column, UniqueConstraint
 from sqlmodel import Field, SQLModel
@@ -98,3 +99,38 @@ class GatherRun(SQLModel, table=True):
     hosts_unreachable: int = 0
     hosts_failed: int = 0
     status: str = "running"  # running, done, failed
+
+
+class PatchOutcome(SQLModel, table=True):
+    """What one patch did on one host: the fleet's own evidence for the risk model. The
+    changelog facts are copied in, so retraining does not depend on today's pending list."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: str | None = Field(default=None, index=True)
+    host: str
+    package: str
+    source: str | None = None
+    arch: str = ""
+    from_version: str
+    to_version: str
+    outcome: str  # healthy, health_failed, install_failed, rolled_back
+    recorded_at: datetime = Field(default_factory=utcnow)
+    cves: int = 0
+    urgency: str | None = None
+    changelog_entries: int | None = None
+    upstream_changed: bool | None = None
+    reboot_needed: bool = False
+
+
+class RiskModelRecord(SQLModel, table=True):
+    """A trained risk model, kept with its metadata; the newest one scores."""
+
+    __tablename__ = "riskmodel"
+
+    id: int | None = Field(default=None, primary_key=True)  # the model's version
+    created_at: datetime = Field(default_factory=utcnow)
+    kind: str  # prior or fleet
+    data_until: str
+    rows: int
+    fleet_rows: int = 0
+    model: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))

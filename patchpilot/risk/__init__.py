@@ -1,0 +1,1 @@
+"""Patch risk: advisory data, features, the model, scoring and evaluation."""
