@@ -179,6 +179,26 @@ def score_items(
     outcomes: Sequence[FleetOutcome],
     thresholds: Thresholds,
 ) -> list[RiskScore]:
+    """Scores in the items' order. A fleet has many hosts and few distinct updates: each
+    distinct item is scored once."""
+    if items.empty:
+        return []
+    keys = pd.util.hash_pandas_object(items.astype(object).map(str), index=False)
+    codes, _ = pd.factorize(keys)
+    first = pd.Series(range(len(items))).groupby(codes).first().to_numpy()
+    distinct = items.iloc[first].reset_index(drop=True)
+    scored = _score_distinct(model, distinct, table=table, outcomes=outcomes, thresholds=thresholds)
+    return [scored[c] for c in codes]
+
+
+def _score_distinct(
+    model: RiskModel,
+    items: pd.DataFrame,
+    *,
+    table: pd.DataFrame,
+    outcomes: Sequence[FleetOutcome],
+    thresholds: Thresholds,
+) -> list[RiskScore]:
     history = history_for(table, base_rate=model.base_rate, outcomes=outcomes)
     x, cols = design_matrix(items, history)
     p, lo, hi = model.predict(x)
