@@ -118,3 +118,20 @@ def test_bad_input_is_one_line_and_writes_nothing(lab: LabFleet, tmp_path: Path)
     proc = pp("--db", str(garbage), "inventory", "gather", "-i", str(lab.inventory), check=False)
     assert proc.returncode == 2 and "cannot open the store" in proc.stderr
     assert garbage.read_bytes() == b"not a database" * 100
+
+
+def test_risk_score_explains_every_real_pending_update(lab: LabFleet, gathered: Path) -> None:
+    pending = _json("--db", str(gathered), "patches", "list", "--json")
+    scored = _json("--db", str(gathered), "risk", "score", "--json")
+    assert isinstance(pending, list) and isinstance(scored, dict)
+    assert {(u["host"], u["package"]) for u in scored["updates"]} == {
+        (u["host"], u["package"]) for u in pending
+    }
+    for u in scored["updates"]:
+        lo, hi = u["interval"]
+        assert 0 < lo <= u["probability"] <= hi < 1
+        assert u["level"] in {"low", "medium", "high"}
+        assert u["strategy"] in {"fast", "canary", "manual review"}
+        assert u["reasons"] and all(isinstance(r, str) and r for r in u["reasons"])
+    # Real history shows in the words: some update's source had Debian regressions before.
+    assert any("earlier Debian updates of" in r for u in scored["updates"] for r in u["reasons"])
