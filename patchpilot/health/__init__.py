@@ -1,0 +1,1 @@
+"""Health gates: checks run on hosts, baselines, the judge and the verdict policy."""

@@ -1,0 +1,332 @@
+"""The check catalogue: what each check measures, its parameters, its default thresholds, and
+how a run of playbooks/health.yml turns into Measurements per host."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from patchpilot.errors import BadInputError
+from patchpilot.health.types import Direction, Measurement, Threshold
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CheckKind:
+    """One entry of the catalogue."""
+
+    name: str
+    summary: str
+    required: tuple[str, ...] = ()
+    optional: tuple[str, ...] = ()
+    critical: bool = False
+    thresholds: Mapping[str, Threshold] = field(default_factory=dict)
+    on_controller: bool = False  # runs on the patchpilot host, not through Ansible
+
+
+CATALOGUE: dict[str, CheckKind] = {
+    k.name: k
+    for k in (
+        CheckKind(
+            "ssh",
+            "the host answers over SSH (and, after a reboot, came back)",
+            critical=True,
+            thresholds={"reachable": Threshold(min=1)},
+        ),
+        CheckKind(
+            "systemd_units",
+            "the given units are active; their restart counts do not grow",
+            required=("units",),
+            critical=True,
+            thresholds={
+                "inactive_units": Threshold(max=0),
+                "restarts": Threshold(max_increase=0),
+            },
+        ),
+        CheckKind(
+            "failed_units",
+            "no systemd unit failed that had not failed before",
+            thresholds={"failed_units": Threshold(max_increase=0)},
+        ),
+        CheckKind(
+            "http",
+            "an HTTP endpoint answers the expected status, without added latency",
+            required=("url",),
+            optional=("samples", "timeout", "interval", "expect_status"),
+            critical=True,
+            thresholds={
+                "error_rate": Threshold(max=5.0, max_increase=5.0),
+                "latency_ms": Threshold(max_ratio=2.0),
+            },
+        ),
+        CheckKind(
+            "tcp",
+            "a TCP port accepts connections",
+            required=("port",),
+            optional=("host", "timeout"),
+            critical=True,
+            thresholds={"open": Threshold(min=1)},
+        ),
+        CheckKind(
+            "command",
+            "a command exits as expected (and prints what is expected)",
+            required=("cmd",),
+            optional=("expect_rc", "expect_output", "timeout"),
+            thresholds={"ok": Threshold(min=1)},
+        ),
+        CheckKind(
+            "journal_errors",
+            "journal lines at priority err or worse since the patch, against before it",
+            optional=("window",),
+            thresholds={"journal_errors": Threshold(max_increase=5)},
+        ),
+        CheckKind(
+            "load",
+            "1-minute load per CPU",
+            thresholds={"load_per_cpu": Threshold(max=2.0)},
+        ),
+        CheckKind(
+            "memory",
+            "memory available, percent of total",
+            thresholds={"memory_available": Threshold(min=5.0)},
+        ),
+        CheckKind(
+            "disk",
+            "free space on a filesystem, percent",
+            optional=("path",),
+            thresholds={"disk_free": Threshold(min=5.0)},
+        ),
+        CheckKind(
+            "kernel",
+            "after a reboot, the running kernel is the newest installed (or the one expected)",
+            optional=("expect",),
+            critical=True,
+            thresholds={"kernel_expected": Threshold(min=1)},
+        ),
+        CheckKind(
+            "prometheus",
+            "a PromQL query's value, from a Prometheus HTTP API ($host is replaced by the host)",
+            required=("url", "query"),
+            optional=("timeout", "direction"),
+            on_controller=True,
+        ),
+    )
+}
+
+_THRESHOLD_KEYS = {"max", "min", "max_increase", "max_ratio", "min_effect", "alpha", "min_samples"}
+_HOST_RE = re.compile(r"[A-Za-z0-9_.:-]+")
+
+
+@dataclass(frozen=True)
+class CheckSpec:
+    """A check as a plan stage asks for it."""
+
+    check: str
+    params: Mapping[str, Any] = field(default_factory=dict)
+    critical: bool | None = None  # None: the catalogue's default
+    thresholds: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    id: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.id or self.check
+
+    @property
+    def kind(self) -> CheckKind:
+        return CATALOGUE[self.check]
+
+    @property
+    def is_critical(self) -> bool:
+        return self.kind.critical if self.critical is None else self.critical
+
+    def threshold(self, metric: str) -> Threshold:
+        base = self.kind.thresholds.get(metric, Threshold())
+        override = dict(self.thresholds.get(metric, {}))
+        if not override:
+            return base
+        merged = {k: getattr(base, k) for k in _THRESHOLD_KEYS}
+        merged.update(override)
+        return Threshold(**merged)
+
+
+def validate_check(spec: CheckSpec, *, where: str = "health") -> None:
+    """Unknown checks, missing or unknown parameters and threshold keys: one clear line."""
+    kind = CATALOGUE.get(spec.check)
+    if kind is None:
+        raise BadInputError(
+            f"{where}: unknown check {spec.check!r}",
+            hint=f"checks are {', '.join(sorted(CATALOGUE))}",
+        )
+    params = dict(spec.params)
+    if spec.check == "command" and "argv" in params:
+        params.setdefault("cmd", params.pop("argv"))
+    missing = [p for p in kind.required if p not in params]
+    if missing:
+        raise BadInputError(
+            f"{where}: check {spec.check!r} needs {', '.join(missing)}",
+            hint=f"parameters of {spec.check}: {', '.join(kind.required + kind.optional)}",
+        )
+    unknown = sorted(set(params) - set(kind.required) - set(kind.optional))
+    if unknown:
+        raise BadInputError(
+            f"{where}: check {spec.check!r} has no parameter {unknown[0]!r}",
+            hint=f"parameters of {spec.check}: {', '.join(kind.required + kind.optional) or '-'}",
+        )
+    for metric, values in spec.thresholds.items():
+        bad = sorted(set(values) - _THRESHOLD_KEYS)
+        if bad:
+            raise BadInputError(
+                f"{where}: threshold {metric}.{bad[0]} is not a threshold",
+                hint=f"thresholds are {', '.join(sorted(_THRESHOLD_KEYS))}",
+            )
+
+
+def module_args(specs: Sequence[CheckSpec]) -> list[dict[str, Any]]:
+    """The checks that run on hosts, as the patchpilot_health module takes them."""
+    return [
+        {"id": s.name, "check": s.check, "params": dict(s.params)}
+        for s in specs
+        if not s.kind.on_controller
+    ]
+
+
+def measurements_from_result(
+    result: Mapping[str, Any], specs: Sequence[CheckSpec]
+) -> list[Measurement]:
+    """The module's answer for one host, as Measurements carrying each check's criticality."""
+    by_name = {s.name: s for s in specs}
+    out: list[Measurement] = []
+    for item in result.get("checks", []):
+        spec = by_name.get(str(item.get("id")))
+        if spec is None:
+            continue
+        for m in item.get("metrics", []):
+            out.append(
+                Measurement(
+                    check=spec.name,
+                    metric=str(m["metric"]),
+                    unit=str(m.get("unit", "")),
+                    samples=tuple(float(x) for x in m.get("samples", [])),
+                    direction=Direction.LOWER_IS_WORSE
+                    if m.get("direction") == "lower_is_worse"
+                    else Direction.HIGHER_IS_WORSE,
+                    critical=spec.is_critical,
+                    error=m.get("error"),
+                    lines=tuple(str(x) for x in m.get("lines", [])),
+                )
+            )
+    return out
+
+
+def unreachable_measurements(specs: Sequence[CheckSpec], message: str) -> list[Measurement]:
+    """A host that did not answer: its ssh check fails (critical), the others cannot measure."""
+    out = [
+        Measurement(
+            check="ssh",
+            metric="reachable",
+            unit="bool",
+            samples=(0.0,),
+            direction=Direction.LOWER_IS_WORSE,
+            critical=True,
+            lines=(message,),
+        )
+    ]
+    return out
+
+
+Fetch = Callable[[str, float], bytes]
+
+
+def _fetch(url: str, timeout: float) -> bytes:
+    with urllib.request.urlopen(url, timeout=timeout) as resp:
+        data: bytes = resp.read(1 << 20)
+        return data
+
+
+def prometheus_measurement(spec: CheckSpec, host: str, *, fetch: Fetch = _fetch) -> Measurement:
+    """Query a Prometheus HTTP API (instant query); every value of the result is a sample."""
+    if not _HOST_RE.fullmatch(host):
+        raise BadInputError(f"host name {host!r} cannot be put into a PromQL query")
+    params = spec.params
+    base = str(params["url"]).rstrip("/")
+    query = str(params["query"]).replace("$host", host)
+    direction = (
+        Direction.LOWER_IS_WORSE
+        if params.get("direction") == "lower_is_worse"
+        else Direction.HIGHER_IS_WORSE
+    )
+    url = f"{base}/api/v1/query?{urllib.parse.urlencode({'query': query})}"
+
+    def make(samples: tuple[float, ...], error: str | None = None) -> Measurement:
+        return Measurement(
+            check=spec.name,
+            metric="value",
+            unit="",
+            samples=samples,
+            direction=direction,
+            critical=spec.is_critical,
+            error=error,
+        )
+
+    try:
+        data = json.loads(fetch(url, float(params.get("timeout", 10))))
+        if data.get("status") != "success":
+            raise ValueError(data.get("error") or "query failed")
+        samples = tuple(float(r["value"][1]) for r in data["data"]["result"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return make((), f"prometheus: {exc}")
+    if not samples:
+        return make((), f"prometheus: no data for {query}")
+    return make(samples)
+
+
+def collect(
+    specs: Sequence[CheckSpec],
+    hosts: Sequence[str],
+    *,
+    inventory: str | Path,
+    since: float | None = None,
+    forks: int = 10,
+) -> dict[str, list[Measurement]]:
+    """Run the checks on hosts (one ansible-runner run for all of them, plus controller-side
+    queries) and return each host's Measurements. Unreachable hosts fail their ssh check."""
+    from patchpilot import executor
+
+    out: dict[str, list[Measurement]] = {h: [] for h in hosts}
+    if not hosts:
+        return out
+    results: dict[str, Mapping[str, Any]] = {}
+
+    def on_event(ev: executor.HostEvent) -> None:
+        if ev.action.endswith("patchpilot_health") and ev.kind == "ok":
+            results[ev.host] = ev.result
+
+    args = module_args(specs)
+    outcome = executor.run_playbook(
+        "health.yml",
+        inventory,
+        limit=",".join(hosts),
+        forks=forks,
+        extravars={"patchpilot_checks": args, "patchpilot_since": since},
+        on_event=on_event,
+    )
+    for host in hosts:
+        if host in results:
+            out[host].extend(measurements_from_result(results[host], specs))
+        else:
+            o = outcome.hosts.get(host)
+            msg = (o.message if o else None) or "no answer"
+            out[host].extend(unreachable_measurements(specs, msg))
+        if host in results:
+            for spec in specs:
+                if spec.kind.on_controller:
+                    out[host].append(prometheus_measurement(spec, host))
+    return out
