@@ -134,3 +134,115 @@ class RiskModelRecord(SQLModel, table=True):
     rows: int
     fleet_rows: int = 0
     model: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+
+
+class Run(SQLModel, table=True):
+    """One `patchpilot apply`: the frozen plan it executes and where it stands. Everything
+    needed to resume is here and in its steps and host states."""
+
+    id: str = Field(primary_key=True)  # r-YYYYMMDD-HHMMSS-xxxx
+    plan_name: str
+    plan_sha256: str
+    plan: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    inventory: str
+    status: str = "running"  # running, paused, succeeded, failed, partial, aborted, check
+    check_mode: bool = False
+    emergency: bool = False
+    shadow: bool = False
+    stage_index: int = 0  # the stage being worked on (or next)
+    batch_index: int = 0
+    pause_reason: str | None = None
+    message: str | None = None
+    exit_code: int | None = None
+    pid: int | None = None
+    controller: str | None = None
+    user: str | None = None
+    started_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+    finished_at: datetime | None = None
+
+
+class RunStep(SQLModel, table=True):
+    """The run's journal: each step is written when it starts and again when it ends."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: str = Field(foreign_key="run.id", index=True, ondelete="CASCADE")
+    stage: int | None = None
+    batch: int | None = None
+    kind: str  # preflight, baseline, patch, soak, health, verdict, rollback, verify, pause ...
+    state: str = "started"  # started, done, failed
+    hosts: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    detail: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    started_at: datetime = Field(default_factory=utcnow)
+    finished_at: datetime | None = None
+
+
+class RunHost(SQLModel, table=True):
+    """One host in one run: its place in the plan, what it had before, where it stands."""
+
+    __table_args__ = (UniqueConstraint("run_id", "host"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: str = Field(foreign_key="run.id", index=True, ondelete="CASCADE")
+    host: str
+    stage: int
+    batch: int
+    order: int  # deploy order across the whole run
+    # pending, patching, patched, healthy, failed, rolling_back, rolled_back, rollback_failed,
+    # unreachable, skipped
+    status: str = "pending"
+    failure: str | None = None  # install_failed, health_failed, unreachable, preflight
+    updates: list[dict[str, Any]] = Field(
+        default_factory=list, sa_column=Column(JSON, nullable=False)
+    )
+    snapshot: dict[str, str] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    message: str | None = None
+    patched_at: datetime | None = None
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class RunVerdict(SQLModel, table=True):
+    """A batch's health verdict with all its evidence."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: str = Field(foreign_key="run.id", index=True, ondelete="CASCADE")
+    stage: int
+    batch: int
+    verdict: str
+    action: str  # continue, pause, on_failure (and what shadow mode would have done)
+    shadow: bool = False
+    evidence: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class Incident(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: str = Field(foreign_key="run.id", index=True, ondelete="CASCADE")
+    stage: int | None = None
+    batch: int | None = None
+    hosts: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    reason: str
+    evidence: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class AuditEvent(SQLModel, table=True):
+    """Who did what, when and why: every action patchpilot takes or is told to take."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    at: datetime = Field(default_factory=utcnow, index=True)
+    user: str
+    controller: str
+    run_id: str | None = Field(default=None, index=True)
+    action: str
+    detail: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+
+
+class HostLock(SQLModel, table=True):
+    """A host taken by a run. A lock whose process is gone is stale and can be reclaimed."""
+
+    host: str = Field(primary_key=True)
+    run_id: str
+    pid: int
+    controller: str
+    acquired_at: datetime = Field(default_factory=utcnow)

@@ -28,7 +28,7 @@ def test_new_sqlite_store_is_created_migrated_and_in_wal_mode(tmp_path: Path) ->
     } <= tables
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert conn.execute("SELECT version_num FROM alembic_version").fetchone()[0] == "0001"
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchone()[0] == "0003"
 
 
 def test_upgrading_twice_keeps_the_data(tmp_path: Path) -> None:
