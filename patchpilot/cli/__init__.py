@@ -10,11 +10,13 @@ from typing import Annotated
 import typer
 
 from patchpilot import __version__
+from patchpilot.cli import apply as apply_cmd
 from patchpilot.cli import config as config_cmd
 from patchpilot.cli import inventory as inventory_cmd
 from patchpilot.cli import lab as lab_cmd
 from patchpilot.cli import patches as patches_cmd
 from patchpilot.cli import risk as risk_cmd
+from patchpilot.cli import runs as runs_cmd
 from patchpilot.cli.context import AppState
 from patchpilot.console import err_console, print_error
 from patchpilot.errors import ExitCode, PatchpilotError
@@ -32,6 +34,12 @@ app = typer.Typer(
 app.add_typer(inventory_cmd.app, name="inventory")
 app.add_typer(patches_cmd.app, name="patches")
 app.add_typer(risk_cmd.app, name="risk")
+app.command("plan")(apply_cmd.plan)
+app.command("apply")(apply_cmd.apply)
+app.command("approve")(apply_cmd.approve)
+app.command("abort")(apply_cmd.abort)
+app.command("rollback")(apply_cmd.rollback)
+app.add_typer(runs_cmd.app, name="runs")
 app.command("compliance")(patches_cmd.compliance)
 app.add_typer(lab_cmd.app, name="lab")
 app.add_typer(config_cmd.app, name="config")

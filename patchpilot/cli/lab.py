@@ -128,6 +128,24 @@ def publish(
         console.print(f"published {info_.package} {info_.version} ({info_.arch})")
 
 
+@app.command("demo")
+def demo_cmd(
+    ctx: typer.Context,
+    offer: Annotated[
+        str | None,
+        typer.Option("--offer", help="Offer demoweb up to this version (newer ones are hidden)."),
+    ] = None,
+    install: Annotated[
+        str | None, typer.Option("--install", help="Install this demoweb version on every host.")
+    ] = None,
+) -> None:
+    """Stage the demo service: which version hosts run, and which one they are offered."""
+    offered, newest = _lab(ctx).demo_offer(offer=offer, install=install)
+    info(f"demoweb versions offered: {', '.join(offered)} (candidate {newest})")
+    if install:
+        info(f"demoweb {install} installed and active on every running host")
+
+
 @app.command("demo-deb")
 def demo_deb(
     spec: Annotated[

@@ -9,6 +9,7 @@ the lab directory.
 from __future__ import annotations
 
 import contextlib
+import functools
 import ipaddress
 import json
 import logging
@@ -482,6 +483,61 @@ class Lab:
         if refresh:
             self.refresh_apt(self.hosts())
         return infos
+
+    def demo_offer(self, *, offer: str | None, install: str | None) -> tuple[list[str], str | None]:
+        """Stage the demo service: the repo offers demoweb versions up to `offer` (newer ones
+        wait in attic/, so `offer` is every host's candidate while older versions stay
+        downloadable for rollbacks), and `install` is installed on every running host."""
+        from patchpilot.lab import demo
+        from patchpilot.patches import compare_versions, validate_version
+
+        require_lab_prerequisites()
+        if not self.state_file.exists():
+            raise LabError("the lab is not up", hint="run `patchpilot lab up` first")
+        attic = self.repo_dir / "attic"
+        attic.mkdir(parents=True, exist_ok=True)
+        debs = {}
+        for d in list(repo.pool(self.repo_dir).glob(f"{demo.DEMO_PACKAGE}_*.deb")) + list(
+            attic.glob(f"{demo.DEMO_PACKAGE}_*.deb")
+        ):
+            debs[repo.read_deb(d).version] = d
+        for version in (offer, install):
+            if version is not None:
+                validate_version(version, where="demo version")
+                if version not in debs:
+                    raise LabError(
+                        f"demoweb {version} is not in the lab repo",
+                        hint=f"known: {', '.join(sorted(debs))}; build one with "
+                        "`lab demo-deb VERSION[:BEHAVIOUR]` and `lab publish` it",
+                    )
+        offered = []
+        for version, path in debs.items():
+            keep = offer is None or compare_versions(version, offer) <= 0
+            target = (repo.pool(self.repo_dir) if keep else attic) / path.name
+            if path != target:
+                os.replace(path, target)
+            if keep:
+                offered.append(version)
+        repo.index(self.repo_dir)
+        hosts = self.hosts()
+        self.refresh_apt(hosts)
+        if install is not None:
+            cmd = (
+                "DEBIAN_FRONTEND=noninteractive apt-get install -y -q --allow-downgrades "
+                f"{demo.DEMO_PACKAGE}={install} >/dev/null && systemctl is-active -q "
+                f"{demo.DEMO_PACKAGE}"
+            )
+            targets = [h for h in hosts if self.is_running(h) and network.link_is_up(h.index)]
+
+            def one(h: LabHost) -> str | None:
+                proc = self.ssh(h, cmd, check=False, timeout=300)
+                return None if proc.returncode == 0 else f"{h.name}: {proc.stderr.strip()[-200:]}"
+
+            errors = [e for e in _parallel(one, targets) if e]
+            if errors:
+                raise LabError(f"installing demoweb {install} failed on {errors[0]}")
+        newest = max(offered, key=functools.cmp_to_key(compare_versions)) if offered else None
+        return sorted(offered, key=functools.cmp_to_key(compare_versions)), newest
 
     # ---- status and faults --------------------------------------------------------------
     def status(self) -> list[HostStatus]:

@@ -1,0 +1,302 @@
+"""`patchpilot plan`, `apply`, `approve`, `abort` and `rollback`: thin commands over
+planning and the engine."""
+
+from __future__ import annotations
+
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from patchpilot.cli.context import state
+from patchpilot.cli.inventory import JsonOpt
+from patchpilot.console import console, err_console, info, print_json
+from patchpilot.errors import BadInputError, ExitCode
+
+if TYPE_CHECKING:
+    from patchpilot.engine import ApplyOptions, RunSummary
+    from patchpilot.risk.score import Thresholds
+
+InventoryOpt = Annotated[
+    Path, typer.Option("-i", "--inventory", help="Ansible inventory: file, directory or script.")
+]
+
+
+def _thresholds(ctx: typer.Context) -> Thresholds:
+    from patchpilot.risk.score import Thresholds
+
+    s = state(ctx).settings
+    return Thresholds(medium=s.risk_medium, high=s.risk_high)
+
+
+def _next_window(spec: Any, now: datetime) -> str:
+    from patchpilot.plan.window import next_window
+
+    if spec.window is None:
+        return "none (runs whenever started)"
+    start, end = next_window(spec.window, now)
+    state_ = "open now" if start <= now else "next"
+    return f"{state_}: {start.isoformat()} .. {end.isoformat()} ({spec.window.timezone})"
+
+
+def render_plan(expansion: dict[str, Any], *, window: str, model: str) -> None:
+    """stages -> batches -> hosts, their updates with versions and risk, what is left out,
+    the failure budget, the window, and the rollback sequence."""
+    from rich.tree import Tree
+
+    hosts = {h["name"]: h for h in expansion["hosts"]}
+    title = f"plan {expansion['plan']}" + (
+        "  [bold red]EMERGENCY[/]" if expansion["emergency"] else ""
+    )
+    tree = Tree(title)
+    for st in expansion["stages"]:
+        s = st["settings"]
+        label = (
+            f"[bold]{st['name']}[/]  hosts={s['hosts']} parallel={s['parallel']} "
+            f"soak={s['soak']}s on_failure={s['on_failure']}"
+            + (" approval" if s.get("approval") else "")
+            + (
+                f"  checks: {', '.join(h['check'] for h in s.get('health') or [])}"
+                if s.get("health")
+                else ""
+            )
+        )
+        node = tree.add(label)
+        if not st["batches"]:
+            node.add(f"[dim]empty: {st.get('note') or 'no hosts left'}[/]")
+        for bi, batch in enumerate(st["batches"]):
+            bnode = node.add(f"batch {bi + 1}: {len(batch)} host(s)")
+            for name in batch:
+                h = hosts[name]
+                hnode = bnode.add(
+                    f"{name}  [dim]{h['os_release']} {','.join(h['groups'])} - {h['reason']}[/]"
+                )
+                for u in h["updates"]:
+                    risk = f"{u['risk']} {u['probability']:.1%}" if u.get("risk") else "unscored"
+                    hnode.add(f"{u['package']} {u['from']} -> {u['to']}  [dim]risk {risk}[/]")
+    console.print(tree)
+    fb = expansion["failure_budget"]
+    basis = f"{fb['percent']}%" if fb.get("percent") is not None else f"{fb.get('hosts', 0)} hosts"
+    console.print(
+        f"failure budget: {fb['allowed']} failed host(s) allowed ({basis}); the run halts "
+        f"when failures exceed it; unreachable hosts "
+        f"{'count' if fb.get('unreachable_counts', True) else 'do not count'}"
+    )
+    console.print(f"window: {window}")
+    console.print(f"risk model: {model}")
+    if expansion["excluded"]:
+        console.print(f"excluded updates ({len(expansion['excluded'])}):")
+        for e in expansion["excluded"][:50]:
+            console.print(f"  {e['host']}: {e['package']} {e['version']} - {e['reason']}")
+        if len(expansion["excluded"]) > 50:
+            console.print(f"  ... and {len(expansion['excluded']) - 50} more (--json shows all)")
+    for sk in expansion["skipped"]:
+        console.print(f"skipped host {sk['host']}: {sk['reason']}")
+    for w in expansion.get("warnings", []):
+        console.print(f"[yellow]warning:[/] {w}")
+    console.print("rollback sequence (reverse deploy order):")
+    for r in expansion["rollback"]:
+        pk = ", ".join(f"{p['package']} -> {p['to_version']}" for p in r["packages"])
+        console.print(f"  {r['host']} ({r['stage']} batch {r['batch'] + 1}): {pk}")
+
+
+def plan(
+    ctx: typer.Context,
+    plan_file: Annotated[Path, typer.Argument(help="The plan (YAML).", metavar="PLAN.yml")],
+    inventory: InventoryOpt,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Write the frozen plan that `apply` executes.")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show exactly what a plan would do on this fleet, and how it would be undone."""
+    from patchpilot.plan.frozen import write_frozen
+    from patchpilot.planning import build_plan
+
+    now = datetime.now(UTC)
+    built = build_plan(
+        state(ctx).engine(), plan_file, inventory, thresholds=_thresholds(ctx), now=now
+    )
+    if out is not None:
+        try:
+            write_frozen(out, built.frozen)
+        except OSError as exc:
+            raise BadInputError(f"cannot write {out}: {exc.strerror or exc}") from exc
+    if as_json:
+        print_json(
+            {
+                "expansion": built.frozen["expansion"],
+                "sha256": built.frozen["sha256"],
+                "window": _next_window(built.spec, now),
+                "not_gathered": built.not_gathered,
+                "risk_model": built.model,
+                "frozen_plan": str(out) if out else None,
+            }
+        )
+        return
+    render_plan(built.frozen["expansion"], window=_next_window(built.spec, now), model=built.model)
+    for name in built.not_gathered:
+        info(f"warning: {name} is in the inventory but was never gathered: not planned")
+    if out is not None:
+        info(f"frozen plan written to {out} (sha256 {built.frozen['sha256'][:16]}...)")
+
+
+def _options(ctx: typer.Context, *, check: bool, yes: bool) -> ApplyOptions:
+    from rich.prompt import Confirm
+
+    from patchpilot.engine import ApplyOptions
+
+    interactive = sys.stdin.isatty() and sys.stderr.isatty()
+
+    def progress(msg: str) -> None:
+        stamp = datetime.now().strftime("%H:%M:%S")
+        err_console.print(f"[dim]{stamp}[/] {msg}", markup=True, highlight=False, soft_wrap=True)
+
+    def confirm(question: str) -> bool:
+        return Confirm.ask(question, console=err_console, default=False)
+
+    return ApplyOptions(
+        check=check,
+        interactive=interactive,
+        confirm=confirm if interactive and not yes else None,
+        progress=progress,
+    )
+
+
+def _exit(summary: RunSummary) -> None:
+    info(f"run {summary.run_id}: {summary.status}: {summary.message}")
+    if summary.exit_code != ExitCode.OK:
+        raise typer.Exit(int(summary.exit_code))
+
+
+def apply(
+    ctx: typer.Context,
+    plan_file: Annotated[
+        Path | None,
+        typer.Argument(help="A plan (YAML) or a frozen plan (JSON).", metavar="PLAN"),
+    ] = None,
+    inventory: Annotated[
+        Path | None, typer.Option("-i", "--inventory", help="Ansible inventory.")
+    ] = None,
+    check: Annotated[
+        bool, typer.Option("--check", help="Ansible check mode: show, change nothing.")
+    ] = False,
+    yes: Annotated[
+        bool, typer.Option("--yes", "-y", help="Start without asking (needed when unattended).")
+    ] = False,
+    resume: Annotated[
+        str | None, typer.Option("--resume", help="Continue an interrupted run.", metavar="RUN_ID")
+    ] = None,
+) -> None:
+    """Patch the fleet wave by wave; roll back what breaks; pause when the evidence is unclear."""
+    from patchpilot.engine import resume_run, start_run
+    from patchpilot.fleetops import AnsibleOps
+    from patchpilot.planning import build_plan, is_frozen_file, load_frozen_plan
+
+    opts = _options(ctx, check=check, yes=yes)
+    engine = state(ctx).engine()
+    if resume is not None:
+        if plan_file is not None:
+            raise BadInputError("give either a plan or --resume RUN_ID, not both")
+        from patchpilot.engine import load_run
+
+        run = load_run(engine, resume)
+        ops = AnsibleOps(inventory or run.inventory)
+        _exit(resume_run(engine, resume, ops=ops, opts=opts))
+        return
+    if plan_file is None or inventory is None:
+        raise BadInputError(
+            "apply needs a plan and an inventory",
+            hint="patchpilot apply PLAN.yml -i INVENTORY (or --resume RUN_ID)",
+        )
+    if is_frozen_file(plan_file):
+        frozen, data = load_frozen_plan(plan_file)
+        spec = frozen.spec
+        info(f"frozen plan {spec.name} (sha256 {frozen.sha256[:16]}...), made {frozen.created_at}")
+    else:
+        built = build_plan(engine, plan_file, inventory, thresholds=_thresholds(ctx))
+        spec, data = built.spec, built.frozen
+    n_hosts = len(data["expansion"]["hosts"])
+    n_updates = sum(len(h["updates"]) for h in data["expansion"]["hosts"])
+    stages = ", ".join(
+        f"{s['name']} ({sum(len(b) for b in s['batches'])})" for s in data["expansion"]["stages"]
+    )
+    info(f"plan {spec.name}: {n_hosts} hosts, {n_updates} updates; stages: {stages}")
+    if not check and not yes:
+        if opts.confirm is None:
+            raise BadInputError(
+                "refusing to patch unattended without --yes",
+                hint="review with `patchpilot plan` first, then add --yes (or use --check)",
+            )
+        if not opts.confirm(f"Patch {n_hosts} hosts now?"):
+            raise typer.Exit(int(ExitCode.FAILED))
+    ops = AnsibleOps(inventory)
+    _exit(start_run(engine, spec, data, inventory=str(inventory), ops=ops, opts=opts))
+
+
+def approve(
+    ctx: typer.Context,
+    run_id: Annotated[str, typer.Argument(metavar="RUN_ID")],
+    inventory: Annotated[
+        Path | None, typer.Option("-i", "--inventory", help="Default: the run's own.")
+    ] = None,
+) -> None:
+    """Approve a paused run and continue it."""
+    from patchpilot.engine import load_run, resume_run
+    from patchpilot.fleetops import AnsibleOps
+
+    engine = state(ctx).engine()
+    run = load_run(engine, run_id)
+    if run.status != "paused":
+        raise BadInputError(
+            f"run {run_id} is {run.status}, not paused",
+            hint="only a paused run waits for approval",
+        )
+    opts = _options(ctx, check=False, yes=True)
+    _exit(
+        resume_run(
+            engine, run_id, ops=AnsibleOps(inventory or run.inventory), opts=opts, approve=True
+        )
+    )
+
+
+def abort(
+    ctx: typer.Context,
+    run_id: Annotated[str, typer.Argument(metavar="RUN_ID")],
+    reason: Annotated[
+        str | None, typer.Option("--reason", help="Recorded in the audit log.")
+    ] = None,
+) -> None:
+    """Stop a paused (or crashed) run for good; hosts stay as they are (see `rollback`)."""
+    from patchpilot.engine import abort_run
+
+    summary = abort_run(state(ctx).engine(), run_id, reason=reason)
+    info(f"run {summary.run_id}: {summary.message}")
+
+
+def rollback(
+    ctx: typer.Context,
+    run_id: Annotated[str, typer.Argument(metavar="RUN_ID")],
+    hosts: Annotated[
+        str | None, typer.Option("--hosts", help="Comma-separated hosts (default: all patched).")
+    ] = None,
+    inventory: Annotated[
+        Path | None, typer.Option("-i", "--inventory", help="Default: the run's own.")
+    ] = None,
+) -> None:
+    """Roll back hosts a run patched, in reverse deploy order, and verify them."""
+    from patchpilot.engine import load_run, rollback_run
+    from patchpilot.fleetops import AnsibleOps
+
+    engine = state(ctx).engine()
+    run = load_run(engine, run_id)
+    names = [h.strip() for h in hosts.split(",") if h.strip()] if hosts else None
+    opts = _options(ctx, check=False, yes=True)
+    summary = rollback_run(
+        engine, run_id, hosts=names, ops=AnsibleOps(inventory or run.inventory), opts=opts
+    )
+    info(summary.message)
+    if summary.exit_code != ExitCode.OK:
+        raise typer.Exit(int(summary.exit_code))

@@ -1,0 +1,1133 @@
+"""The run state machine: waves of batches, preflight, patch, health gate, rollback, pause and
+resume. Every step is written to the store when it starts and again when it ends (SQLite in
+WAL mode, one transaction each), so a run killed at any point resumes with `--resume` from
+what the store says, without patching a host twice or losing its rollback data.
+
+What happens to hosts goes through a FleetOps (fleetops.AnsibleOps in real runs)."""
+
+from __future__ import annotations
+
+import getpass
+import logging
+import os
+import secrets
+import socket
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import delete
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, col, select
+
+from patchpilot.errors import BadInputError, ExitCode, PatchpilotError
+from patchpilot.fleetops import FleetOps
+from patchpilot.health.checks import CheckSpec, validate_check
+from patchpilot.health.judge import judge_host
+from patchpilot.health.policy import VerdictPolicy, batch_verdict, host_verdict
+from patchpilot.health.types import Measurement, Threshold, Verdict
+from patchpilot.plan.expand import budget_exceeded
+from patchpilot.plan.spec import FailureBudget, PlanSpec, parse_duration, plan_from_dict
+from patchpilot.plan.window import in_window, next_window
+from patchpilot.store.db import session_scope
+from patchpilot.store.models import (
+    AuditEvent,
+    HostLock,
+    Incident,
+    PatchOutcome,
+    PendingUpdate,
+    Run,
+    RunHost,
+    RunStep,
+    RunVerdict,
+)
+
+log = logging.getLogger(__name__)
+
+ROLLBACK_ROOT = "/var/cache/patchpilot/rollback"
+MAX_CONTROLS = 3
+TERMINAL = {"healthy", "failed", "rolled_back", "rollback_failed", "skipped"}
+PATCHED = {"patched", "healthy"}
+
+
+class RunLocked(PatchpilotError):
+    exit_code = ExitCode.LOCKED
+
+
+@dataclass
+class ApplyOptions:
+    check: bool = False
+    lock_timeout: int = 120
+    interactive: bool = False
+    confirm: Callable[[str], bool] | None = None  # asks a human; None when unattended
+    progress: Callable[[str], None] = field(default=lambda _msg: None)
+    now: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
+    sleep: Callable[[float], None] = time.sleep
+
+
+@dataclass
+class RunSummary:
+    run_id: str
+    status: str
+    exit_code: ExitCode
+    message: str
+    hosts: dict[str, str]
+
+
+def _who() -> tuple[str, str]:
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = str(os.getuid())
+    return user, socket.gethostname()
+
+
+def audit(session: Session, action: str, *, run_id: str | None, **detail: Any) -> None:
+    user, controller = _who()
+    session.add(
+        AuditEvent(user=user, controller=controller, run_id=run_id, action=action, detail=detail)
+    )
+
+
+def new_run_id(now: datetime) -> str:
+    return f"r-{now.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# --- locks -----------------------------------------------------------------------------------
+
+
+def acquire_locks(
+    engine: Engine, run_id: str, hosts: Sequence[str], *, progress: Callable[[str], None]
+) -> None:
+    """Take every host for this run, or none. A lock of a dead process on this machine is
+    stale and reclaimed; a paused run's lock (pid 0) holds until approve or abort."""
+    _, controller = _who()
+    try:
+        with session_scope(engine) as s:
+            held = s.exec(select(HostLock).where(col(HostLock.host).in_(list(hosts)))).all()
+            for lock in held:
+                if lock.run_id == run_id:
+                    if lock.pid > 0 and lock.pid != os.getpid() and not _pid_alive(lock.pid):
+                        progress(
+                            f"taking over {lock.host} from this run's interrupted process "
+                            f"(pid {lock.pid} is gone)"
+                        )
+                    s.delete(lock)
+                    continue
+                stale = lock.controller == controller and lock.pid > 0 and not _pid_alive(lock.pid)
+                if not stale:
+                    holder = "paused" if lock.pid == 0 else f"pid {lock.pid} on {lock.controller}"
+                    raise RunLocked(
+                        f"host {lock.host} is locked by run {lock.run_id} ({holder})",
+                        hint=f"wait for it, or `patchpilot abort {lock.run_id}` if it must stop",
+                    )
+                progress(
+                    f"reclaimed the stale lock on {lock.host} of run {lock.run_id} "
+                    f"(pid {lock.pid} is gone)"
+                )
+                audit(s, "lock reclaimed", run_id=run_id, host=lock.host, stale_run=lock.run_id)
+                s.delete(lock)
+            s.flush()
+            for h in hosts:
+                s.add(HostLock(host=h, run_id=run_id, pid=os.getpid(), controller=controller))
+    except IntegrityError as exc:
+        raise RunLocked(
+            "another run took some of these hosts at the same moment",
+            hint="`patchpilot runs list` shows it",
+        ) from exc
+
+
+def release_locks(engine: Engine, run_id: str, *, keep_paused: bool = False) -> None:
+    with session_scope(engine) as s:
+        if keep_paused:
+            for lock in s.exec(select(HostLock).where(HostLock.run_id == run_id)).all():
+                lock.pid = 0
+                s.add(lock)
+        else:
+            s.execute(delete(HostLock).where(col(HostLock.run_id) == run_id))
+
+
+# --- plan access -----------------------------------------------------------------------------
+
+
+def check_specs(stage_settings: Mapping[str, Any]) -> list[CheckSpec]:
+    specs = []
+    for i, h in enumerate(stage_settings.get("health") or []):
+        spec = CheckSpec(
+            check=h["check"],
+            params=dict(h.get("params") or {}),
+            critical=h.get("critical"),
+            thresholds=dict(h.get("thresholds") or {}),
+            id=h.get("id"),
+        )
+        validate_check(spec, where=f"health[{i}]")
+        specs.append(spec)
+    return specs
+
+
+def verdict_policy(spec: Mapping[str, Any]) -> VerdictPolicy:
+    raw = dict(spec.get("health_policy") or {})
+    raw.pop("shadow", None)
+    return VerdictPolicy(**raw) if raw else VerdictPolicy()
+
+
+@dataclass
+class _Ctx:
+    engine: Engine
+    ops: FleetOps
+    opts: ApplyOptions
+    run_id: str
+    frozen: dict[str, Any]  # the frozen plan as stored with the run
+
+    @property
+    def expansion(self) -> dict[str, Any]:
+        return dict(self.frozen["expansion"])
+
+    @property
+    def spec(self) -> dict[str, Any]:
+        return dict(self.frozen["spec"])
+
+    @property
+    def stages(self) -> list[dict[str, Any]]:
+        return list(self.expansion["stages"])
+
+    @property
+    def shadow(self) -> bool:
+        return bool((self.spec.get("health_policy") or {}).get("shadow", False))
+
+    def plan_spec(self) -> PlanSpec:
+        return plan_from_dict(self.spec, "run plan")
+
+    def say(self, msg: str) -> None:
+        log.info("%s: %s", self.run_id, msg)
+        self.opts.progress(msg)
+
+
+@contextmanager
+def _step(
+    ctx: _Ctx,
+    kind: str,
+    *,
+    stage: int | None,
+    batch: int | None,
+    hosts: Sequence[str] = (),
+    **detail: Any,
+) -> Iterator[dict[str, Any]]:
+    """A journal entry: written (committed) before the step, then again after it."""
+    with session_scope(ctx.engine) as s:
+        row = RunStep(
+            run_id=ctx.run_id, stage=stage, batch=batch, kind=kind, hosts=list(hosts), detail=detail
+        )
+        s.add(row)
+        s.flush()
+        step_id = row.id
+    out: dict[str, Any] = dict(detail)
+    state = "failed"
+    try:
+        yield out
+        state = "done"
+    finally:
+        with session_scope(ctx.engine) as s:
+            row2 = s.get(RunStep, step_id)
+            if row2 is not None:
+                row2.state = state
+                row2.detail = out
+                row2.finished_at = datetime.now(UTC)
+                s.add(row2)
+
+
+def _hosts(ctx: _Ctx, *, stage: int | None = None, batch: int | None = None) -> list[RunHost]:
+    with session_scope(ctx.engine) as s:
+        stmt = select(RunHost).where(RunHost.run_id == ctx.run_id)
+        if stage is not None:
+            stmt = stmt.where(RunHost.stage == stage)
+        if batch is not None:
+            stmt = stmt.where(RunHost.batch == batch)
+        rows = s.exec(stmt.order_by(col(RunHost.order))).all()
+        for r in rows:
+            s.expunge(r)
+        return list(rows)
+
+
+def _update_host(ctx: _Ctx, host: str, **values: Any) -> None:
+    with session_scope(ctx.engine) as s:
+        row = s.exec(
+            select(RunHost).where(RunHost.run_id == ctx.run_id, RunHost.host == host)
+        ).one()
+        for k, v in values.items():
+            setattr(row, k, v)
+        row.updated_at = datetime.now(UTC)
+        s.add(row)
+
+
+def _update_run(ctx: _Ctx, **values: Any) -> None:
+    with session_scope(ctx.engine) as s:
+        run = s.get(Run, ctx.run_id)
+        assert run is not None
+        for k, v in values.items():
+            setattr(run, k, v)
+        run.updated_at = datetime.now(UTC)
+        s.add(run)
+
+
+def _run_row(ctx: _Ctx) -> Run:
+    with session_scope(ctx.engine) as s:
+        run = s.get(Run, ctx.run_id)
+        assert run is not None
+        s.expunge(run)
+        return run
+
+
+# --- starting, resuming, approving, aborting -------------------------------------------------
+
+
+def start_run(
+    engine: Engine,
+    spec: PlanSpec,
+    frozen_data: dict[str, Any],
+    *,
+    inventory: str,
+    ops: FleetOps,
+    opts: ApplyOptions,
+) -> RunSummary:
+    """Create the run from a frozen plan and drive it."""
+    now = opts.now()
+    if spec.window is not None and not opts.check and not in_window(spec.window, now):
+        start, end = next_window(spec.window, now)
+        raise BadInputError(
+            f"outside the maintenance window of plan {spec.name!r}: nothing was touched",
+            hint=f"the next window opens {start.isoformat()} and closes {end.isoformat()}",
+        )
+    expansion = frozen_data["expansion"]
+    sha256 = str(frozen_data["sha256"])
+    hosts = expansion["hosts"]
+    if not hosts:
+        raise BadInputError(
+            f"plan {spec.name!r} selects nothing to patch",
+            hint="`patchpilot plan` shows why each host and update was left out",
+        )
+    stage_index = {s["name"]: i for i, s in enumerate(expansion["stages"])}
+    run_id = new_run_id(now)
+    user, controller = _who()
+    with session_scope(engine) as s:
+        s.add(
+            Run(
+                id=run_id,
+                plan_name=spec.name,
+                plan_sha256=sha256,
+                plan=frozen_data,
+                inventory=inventory,
+                status="running",
+                check_mode=opts.check,
+                emergency=spec.emergency,
+                shadow=bool((frozen_data["spec"].get("health_policy") or {}).get("shadow")),
+                pid=os.getpid(),
+                controller=controller,
+                user=user,
+            )
+        )
+        for order, h in enumerate(hosts):
+            s.add(
+                RunHost(
+                    run_id=run_id,
+                    host=h["name"],
+                    stage=stage_index[h["stage"]],
+                    batch=int(h["batch"]),
+                    order=order,
+                    updates=list(h["updates"]),
+                )
+            )
+        audit(
+            s,
+            "apply emergency plan" if spec.emergency else "apply",
+            run_id=run_id,
+            plan=spec.name,
+            plan_sha256=sha256,
+            hosts=len(hosts),
+            check=opts.check,
+            emergency=spec.emergency,
+        )
+    ctx = _Ctx(engine, ops, opts, run_id, frozen_data)
+    if spec.emergency:
+        ctx.say("EMERGENCY plan: all at once, recorded as such in the audit log")
+    try:
+        acquire_locks(engine, run_id, [h["name"] for h in hosts], progress=ctx.say)
+    except RunLocked:
+        _update_run(ctx, status="refused", message="hosts locked by another run")
+        raise
+    return _drive(ctx)
+
+
+def load_run(engine: Engine, run_id: str) -> Run:
+    with session_scope(engine) as s:
+        run = s.get(Run, run_id)
+        if run is None:
+            raise BadInputError(
+                f"no run {run_id!r} in this store", hint="`patchpilot runs list` shows the runs"
+            )
+        s.expunge(run)
+        return run
+
+
+def resume_run(
+    engine: Engine, run_id: str, *, ops: FleetOps, opts: ApplyOptions, approve: bool = False
+) -> RunSummary:
+    run = load_run(engine, run_id)
+    if run.status in ("succeeded", "failed", "partial", "aborted", "check", "refused"):
+        raise BadInputError(
+            f"run {run_id} is {run.status}: there is nothing to resume",
+            hint="start a new run with `patchpilot apply`",
+        )
+    _, controller = _who()
+    if (
+        run.status == "running"
+        and run.pid
+        and run.pid != os.getpid()
+        and run.controller == controller
+        and _pid_alive(run.pid)
+    ):
+        raise RunLocked(
+            f"run {run_id} is still running (pid {run.pid})",
+            hint="wait for it, or stop that process first",
+        )
+    ctx = _Ctx(engine, ops, opts, run_id, run.plan)
+    hosts = [h.host for h in _hosts(ctx)]
+    acquire_locks(engine, run_id, hosts, progress=ctx.say)
+    with session_scope(engine) as s:
+        audit(
+            s,
+            "approve" if approve else "resume",
+            run_id=run_id,
+            was=run.status,
+            pause_reason=run.pause_reason,
+        )
+    if approve:
+        with _step(ctx, "approve", stage=run.stage_index, batch=run.batch_index) as d:
+            d["reason"] = run.pause_reason
+        _accept_patched(ctx, run.pause_reason)
+    _update_run(ctx, status="running", pid=os.getpid(), pause_reason=None)
+    if run.status == "running":
+        ctx.say(f"resuming run {run_id} after an interruption")
+    return _drive(ctx)
+
+
+def abort_run(engine: Engine, run_id: str, *, reason: str | None = None) -> RunSummary:
+    run = load_run(engine, run_id)
+    if run.status in ("succeeded", "failed", "partial", "aborted", "check"):
+        raise BadInputError(f"run {run_id} is already {run.status}")
+    _, controller = _who()
+    if run.status == "running" and run.controller == controller and _pid_alive(run.pid or 0):
+        raise RunLocked(
+            f"run {run_id} is running (pid {run.pid})",
+            hint="stop that process first (Ctrl-C), then abort",
+        )
+    ctx = _Ctx(engine, _NoOps(), ApplyOptions(), run_id, run.plan)
+    with session_scope(engine) as s:
+        audit(s, "abort", run_id=run_id, reason=reason, was=run.status)
+    return _finish(ctx, "aborted", f"aborted{': ' + reason if reason else ''}")
+
+
+class _NoOps:
+    """For operations that must not touch hosts (abort)."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise PatchpilotError("internal: this operation must not touch hosts")
+
+
+# --- driving the run -------------------------------------------------------------------------
+
+
+def _approved(ctx: _Ctx, stage: int) -> bool:
+    with session_scope(ctx.engine) as s:
+        row = s.exec(
+            select(RunStep).where(
+                RunStep.run_id == ctx.run_id,
+                RunStep.kind == "approve",
+                RunStep.stage == stage,
+                RunStep.state == "done",
+            )
+        ).first()
+        return row is not None
+
+
+def _pause(ctx: _Ctx, reason: str, *, stage: int, batch: int) -> RunSummary | None:
+    """Wait for a human: at a prompt when one is there, else exit 'paused' for
+    `patchpilot approve`. Returns None when approved at the prompt (go on)."""
+    with _step(ctx, "pause", stage=stage, batch=batch) as d:
+        d["reason"] = reason
+    ctx.say(f"PAUSED: {reason}")
+    if ctx.opts.confirm is not None and ctx.opts.confirm(f"{reason}. Approve and continue?"):
+        with session_scope(ctx.engine) as s:
+            audit(s, "approve", run_id=ctx.run_id, reason=reason, at_prompt=True)
+        with _step(ctx, "approve", stage=stage, batch=batch) as d:
+            d["reason"] = reason
+        _accept_patched(ctx, reason)
+        return None
+    _update_run(ctx, status="paused", pause_reason=reason, stage_index=stage, batch_index=batch)
+    release_locks(ctx.engine, ctx.run_id, keep_paused=True)
+    return RunSummary(
+        ctx.run_id,
+        "paused",
+        ExitCode.PAUSED,
+        f"paused: {reason}; continue with `patchpilot approve {ctx.run_id}` or stop with "
+        f"`patchpilot abort {ctx.run_id}`",
+        _host_states(ctx),
+    )
+
+
+def _accept_patched(ctx: _Ctx, reason: str | None) -> None:
+    """A human approved: patched hosts waiting on an unclear verdict count as healthy."""
+    for r in _hosts(ctx):
+        if r.status == "patched":
+            _update_host(ctx, r.host, status="healthy", message=f"approved: {reason}")
+
+
+def _host_states(ctx: _Ctx) -> dict[str, str]:
+    return {h.host: h.status for h in _hosts(ctx)}
+
+
+def _drive(ctx: _Ctx) -> RunSummary:
+    run = _run_row(ctx)
+    stages = ctx.stages
+    spec = ctx.plan_spec()
+    for si in range(run.stage_index, len(stages)):
+        stage = stages[si]
+        batches = stage["batches"]
+        first_batch = run.batch_index if si == run.stage_index else 0
+        if not batches:
+            continue
+        stage_started = any(h.status != "pending" for h in _hosts(ctx, stage=si))
+        if not stage_started and not ctx.opts.check:
+            if spec.window is not None and not in_window(spec.window, ctx.opts.now()):
+                summary = _pause(
+                    ctx,
+                    f"the maintenance window has ended; stage {stage['name']} was not started",
+                    stage=si,
+                    batch=0,
+                )
+                if summary is not None:
+                    return summary
+            if stage["settings"].get("approval") and not _approved(ctx, si):
+                summary = _pause(
+                    ctx, f"stage {stage['name']} needs approval before it starts", stage=si, batch=0
+                )
+                if summary is not None:
+                    return summary
+        for bi in range(first_batch, len(batches)):
+            _update_run(ctx, stage_index=si, batch_index=bi)
+            ctx.say(
+                f"stage {stage['name']} batch {bi + 1}/{len(batches)}: "
+                + " ".join(h.host for h in _hosts(ctx, stage=si, batch=bi))
+            )
+            outcome = _run_batch(ctx, si, bi)
+            if outcome is not None:
+                return outcome
+        _update_run(ctx, stage_index=si + 1, batch_index=0)
+    states = _host_states(ctx)
+    if ctx.opts.check:
+        return _finish(ctx, "check", "check mode: nothing was changed")
+    failed = sorted(h for h, st in states.items() if st not in ("healthy",))
+    if failed:
+        return _finish(
+            ctx,
+            "partial",
+            f"{len(states) - len(failed)} of {len(states)} hosts patched and healthy; "
+            f"failed within the budget: {', '.join(failed)}",
+        )
+    return _finish(ctx, "succeeded", f"all {len(states)} hosts patched and healthy")
+
+
+_EXIT = {
+    "succeeded": ExitCode.OK,
+    "check": ExitCode.OK,
+    "partial": ExitCode.PARTIAL,
+    "failed": ExitCode.FAILED,
+    "aborted": ExitCode.FAILED,
+}
+
+
+def _finish(ctx: _Ctx, status: str, message: str) -> RunSummary:
+    code = _EXIT[status]
+    _update_run(
+        ctx, status=status, message=message, exit_code=int(code), finished_at=datetime.now(UTC)
+    )
+    release_locks(ctx.engine, ctx.run_id)
+    with session_scope(ctx.engine) as s:
+        audit(s, f"run {status}", run_id=ctx.run_id, message=message)
+    ctx.say(message)
+    return RunSummary(ctx.run_id, status, code, message, _host_states(ctx))
+
+
+def _controls(ctx: _Ctx, stage: int, batch: int, hosts: Sequence[RunHost]) -> list[str]:
+    """Unpatched hosts of the same groups, from later batches of the plan."""
+    groups: set[str] = set()
+    by_name = {h["name"]: h for h in ctx.expansion["hosts"]}
+    for h in hosts:
+        groups.update(by_name[h.host]["groups"])
+    later = [
+        r
+        for r in _hosts(ctx)
+        if (r.stage, r.batch) > (stage, batch)
+        and r.status == "pending"
+        and groups & set(by_name[r.host]["groups"])
+    ]
+    return [r.host for r in later[:MAX_CONTROLS]]
+
+
+def _targets(row: RunHost) -> dict[str, str]:
+    return {u["package"]: u["to"] for u in row.updates}
+
+
+def _measurements_to_json(data: Mapping[str, Sequence[Measurement]]) -> dict[str, Any]:
+    return {h: [m.to_dict() for m in ms] for h, ms in data.items()}
+
+
+def _measurements_from_json(data: Mapping[str, Any]) -> dict[str, list[Measurement]]:
+    from patchpilot.health.types import Direction
+
+    out: dict[str, list[Measurement]] = {}
+    for h, ms in data.items():
+        out[h] = [
+            Measurement(
+                check=m["check"],
+                metric=m["metric"],
+                unit=m["unit"],
+                samples=tuple(m["samples"]),
+                direction=Direction.LOWER_IS_WORSE
+                if m["direction"] == "lower_is_worse"
+                else Direction.HIGHER_IS_WORSE,
+                critical=m["critical"],
+                error=m.get("error"),
+                lines=tuple(m.get("lines") or ()),
+            )
+            for m in ms
+        ]
+    return out
+
+
+def _saved_baseline(ctx: _Ctx, stage: int, batch: int) -> dict[str, Any] | None:
+    with session_scope(ctx.engine) as s:
+        row = s.exec(
+            select(RunStep)
+            .where(
+                RunStep.run_id == ctx.run_id,
+                RunStep.kind == "baseline",
+                RunStep.stage == stage,
+                RunStep.batch == batch,
+                RunStep.state == "done",
+            )
+            .order_by(col(RunStep.id).desc())
+        ).first()
+        return None if row is None else dict(row.detail)
+
+
+def _run_batch(ctx: _Ctx, si: int, bi: int) -> RunSummary | None:
+    stage = ctx.stages[si]
+    settings = stage["settings"]
+    specs = check_specs(settings)
+    rows = [r for r in _hosts(ctx, stage=si, batch=bi)]
+    lock_timeout = ctx.opts.lock_timeout
+    rollback_dir = f"{ROLLBACK_ROOT}/{ctx.run_id}"
+
+    # 1. Preflight: hosts not yet patched, and those caught mid-patch by a crash.
+    interrupted = [r for r in rows if r.status == "rolling_back"]
+    if interrupted:  # a crash during a rollback: do it again (it installs fixed versions)
+        _rollback(ctx, interrupted, reason="resumed after a crash", stage=si, batch=bi, specs=specs)
+        rows = _hosts(ctx, stage=si, batch=bi)
+    todo = [r for r in rows if r.status in ("pending", "ready", "patching")]
+    if todo:
+        with _step(ctx, "preflight", stage=si, batch=bi, hosts=[r.host for r in todo]) as d:
+            res = ctx.ops.preflight(
+                {r.host: sorted(_targets(r)) for r in todo},
+                rollback_dir=rollback_dir,
+                lock_timeout=lock_timeout,
+                check=ctx.opts.check,
+            )
+            d["results"] = {h: {"status": x.status, "message": x.message} for h, x in res.items()}
+        policy = ctx.spec.get("rollback", {}).get("on_impossible", "refuse")
+        for r in todo:
+            x = res[r.host]
+            if x.status != "ok":
+                failure = "unreachable" if x.status == "unreachable" else "preflight"
+                if r.status == "patching":
+                    failure = "unreachable" if x.status == "unreachable" else "install_failed"
+                _update_host(ctx, r.host, status="failed", failure=failure, message=x.message)
+                ctx.say(f"  {r.host}: preflight {x.status}: {x.message}")
+                continue
+            snapshot = dict(r.snapshot) or dict(x.snapshot)
+            held = sorted(set(x.held) & set(_targets(r)))
+            if held:
+                _update_host(
+                    ctx,
+                    r.host,
+                    status="skipped",
+                    failure="preflight",
+                    message=f"held on the host since the plan was made: {', '.join(held)}",
+                )
+                ctx.say(f"  {r.host}: skipped, {', '.join(held)} held")
+                continue
+            if x.rollback_missing and policy == "refuse" and not r.snapshot and not ctx.opts.check:
+                _update_host(
+                    ctx,
+                    r.host,
+                    status="failed",
+                    failure="preflight",
+                    message="rollback impossible (previous version not available: "
+                    f"{', '.join(x.rollback_missing)}); refused by the plan's rollback policy",
+                )
+                ctx.say(f"  {r.host}: refused, no way back for {', '.join(x.rollback_missing)}")
+                continue
+            artifacts = {k: v for k, v in x.artifacts.items() if v}
+            if r.status == "patching":
+                # Caught mid-patch: what is installed now decides, never a second install.
+                current = dict(x.snapshot)
+                if all(current.get(p) == v for p, v in _targets(r).items()):
+                    _update_host(ctx, r.host, status="patched", patched_at=datetime.now(UTC))
+                    ctx.say(f"  {r.host}: already on the target versions (patched before a crash)")
+                    continue
+                _update_host(ctx, r.host, status="ready", snapshot=snapshot)
+                continue
+            first_time = not r.snapshot
+            _update_host(ctx, r.host, status="ready", snapshot=snapshot)
+            if not first_time:
+                continue
+            with session_scope(ctx.engine) as s:
+                step = RunStep(
+                    run_id=ctx.run_id,
+                    stage=si,
+                    batch=bi,
+                    kind="snapshot",
+                    state="done",
+                    hosts=[r.host],
+                    detail={"versions": snapshot, "artifacts": artifacts},
+                    finished_at=datetime.now(UTC),
+                )
+                s.add(step)
+    rows = _hosts(ctx, stage=si, batch=bi)
+    ready = [r for r in rows if r.status == "ready"]
+
+    # 2. Baseline: the batch's hosts before the patch, and unpatched control hosts.
+    controls = _controls(ctx, si, bi, rows)
+    saved = _saved_baseline(ctx, si, bi)
+    if saved is not None:
+        baseline = _measurements_from_json(saved.get("measurements", {}))
+        controls = list(saved.get("controls", controls))
+    elif specs and ready and not ctx.opts.check:
+        with _step(ctx, "baseline", stage=si, batch=bi, hosts=[r.host for r in ready]) as d:
+            baseline = ctx.ops.measure(specs, [r.host for r in ready] + controls, since=None)
+            d["measurements"] = _measurements_to_json(baseline)
+            d["controls"] = controls
+    else:
+        baseline = {}
+
+    # 3. Patch.
+    patch_started = time.time()
+    if ready:
+        for r in ready:
+            _update_host(ctx, r.host, status="patching")
+        with _step(ctx, "patch", stage=si, batch=bi, hosts=[r.host for r in ready]) as d:
+            res = ctx.ops.patch(
+                {r.host: [f"{p}={v}" for p, v in _targets(r).items()] for r in ready},
+                reboot=str(ctx.expansion.get("reboot", "if_needed")),
+                lock_timeout=lock_timeout,
+                check=ctx.opts.check,
+            )
+            d["results"] = {
+                h: {"status": x.status, "message": x.message, "rebooted": x.rebooted}
+                for h, x in res.items()
+            }
+        for r in ready:
+            x = res[r.host]
+            if ctx.opts.check:
+                _update_host(ctx, r.host, status="checked", message=x.message)
+                continue
+            wrong = {p: x.versions.get(p) for p, v in _targets(r).items() if x.versions.get(p) != v}
+            if x.status == "ok" and not wrong:
+                _update_host(ctx, r.host, status="patched", patched_at=datetime.now(UTC))
+                ctx.say(f"  {r.host}: patched")
+            else:
+                failure = "unreachable" if x.status == "unreachable" else "install_failed"
+                msg = x.message or f"versions after patching are not the planned ones: {wrong}"
+                _update_host(ctx, r.host, status="failed", failure=failure, message=msg)
+                ctx.say(f"  {r.host}: {failure.replace('_', ' ')}: {msg}")
+    if ctx.opts.check:
+        return None
+
+    rows = _hosts(ctx, stage=si, batch=bi)
+    patched = [r for r in rows if r.status == "patched"]
+
+    # 4. Soak, then 5. measure the patched hosts and the controls again.
+    soak = parse_duration(settings.get("soak") or 0)
+    if patched and soak:
+        with _step(ctx, "soak", stage=si, batch=bi, seconds=soak):
+            ctx.say(f"  soaking {soak}s")
+            ctx.opts.sleep(soak)
+    after: dict[str, list[Measurement]] = {}
+    if patched and specs:
+        with _step(ctx, "health", stage=si, batch=bi, hosts=[r.host for r in patched]) as d:
+            t0 = time.time()
+            after = ctx.ops.measure(
+                specs, [r.host for r in patched] + controls, since=patch_started
+            )
+            d["measurements"] = _measurements_to_json(after)
+            d["controls"] = controls
+            d["seconds"] = round(time.time() - t0, 2)
+
+    # 6. The verdict.
+    policy = verdict_policy(ctx.spec)
+    shadow = ctx.shadow
+    verdicts = []
+    control_pool: dict[tuple[str, str], list[Measurement]] = {}
+    for c in controls:
+        for m in after.get(c, []):
+            control_pool.setdefault((m.check, m.metric), []).append(m)
+    by_name = {spec.name: spec for spec in specs}
+
+    def threshold_for(m: Measurement) -> Threshold:
+        spec_for = by_name.get(m.check)
+        return spec_for.threshold(m.metric) if spec_for else Threshold(min=1)
+
+    for r in patched:
+        mine = after.get(r.host, [])
+        thresholds = {(m.check, m.metric): threshold_for(m) for m in mine}
+        base: dict[tuple[str, str], list[Measurement]] = {}
+        for m in baseline.get(r.host, []):
+            base.setdefault((m.check, m.metric), []).append(m)
+        judgements = judge_host(
+            r.host, mine, baseline=base, control=control_pool, thresholds=thresholds
+        )
+        verdicts.append(host_verdict(r.host, judgements, policy))
+    bv = batch_verdict(verdicts, policy) if verdicts else None
+    unhealthy = {v.host for v in verdicts if v.verdict == Verdict.UNHEALTHY}
+    unclear = [v for v in verdicts if v.verdict in (Verdict.DEGRADED, Verdict.INCONCLUSIVE)]
+    if not specs and patched:
+        ctx.say("  no health checks in this stage: judged by the install alone")
+    if bv is not None:
+        action = "continue"
+        if unhealthy:
+            action = "rollback failed hosts"
+        elif unclear:
+            action = "pause"
+        with session_scope(ctx.engine) as s:
+            s.add(
+                RunVerdict(
+                    run_id=ctx.run_id,
+                    stage=si,
+                    batch=bi,
+                    verdict=bv.verdict.label,
+                    action=f"would {action}" if shadow else action,
+                    shadow=shadow,
+                    evidence={
+                        **bv.to_dict(),
+                        "controls": controls,
+                        "patch_started": patch_started,
+                    },
+                )
+            )
+        ctx.say(
+            f"  verdict: {bv.verdict.label}{' (shadow mode: not acted on)' if shadow else ''}"
+            f" - {bv.reason}"
+        )
+    if shadow:
+        unhealthy, unclear = set(), []
+    for h in unhealthy:
+        reason = next(v.reason for v in verdicts if v.host == h)
+        _update_host(ctx, h, status="failed", failure="health_failed", message=reason)
+
+    # 7. Failures: restore what broke, then the budget decides.
+    rows = _hosts(ctx, stage=si, batch=bi)
+    on_failure = str(settings.get("on_failure", "rollback_wave"))
+    # Touched hosts (a snapshot was taken) that failed are put back; a host that failed its
+    # preflight was never changed.
+    broken = [
+        r
+        for r in rows
+        if r.status == "failed"
+        and r.snapshot
+        and r.failure in ("install_failed", "health_failed", "unreachable")
+    ]
+    if broken and on_failure != "halt":
+        _rollback(ctx, broken, reason="failed in this batch", stage=si, batch=bi, specs=specs)
+    _record_outcomes(ctx, si, bi)
+    all_rows = _hosts(ctx)
+    failures = sum(1 for r in all_rows if r.failure and r.failure != "unreachable")
+    unreachable = sum(1 for r in all_rows if r.failure == "unreachable")
+    budget = _budget(ctx)
+    if budget_exceeded(failures, unreachable, len(all_rows), budget):
+        allowed = ctx.expansion["failure_budget"].get("allowed")
+        counted = failures + (unreachable if budget.unreachable_counts else 0)
+        reason = (
+            f"failure budget exceeded in stage {stage['name']}: {counted} failed "
+            f"({failures} failed, {unreachable} unreachable"
+            f"{'' if budget.unreachable_counts else ', not counted'}), {allowed} allowed"
+        )
+        ctx.say(reason)
+        with session_scope(ctx.engine) as s:
+            s.add(
+                Incident(
+                    run_id=ctx.run_id,
+                    stage=si,
+                    batch=bi,
+                    hosts=[r.host for r in rows if r.failure],
+                    reason=reason,
+                    evidence={"verdict": bv.to_dict() if bv else None, "on_failure": on_failure},
+                )
+            )
+        if on_failure == "pause":
+            return _pause(ctx, reason, stage=si, batch=bi + 1)
+        if on_failure in ("rollback_wave", "rollback_all"):
+            scope = [
+                r
+                for r in _hosts(ctx)
+                if r.status in PATCHED and (on_failure == "rollback_all" or r.stage == si)
+            ]
+            if scope:
+                _rollback(
+                    ctx,
+                    scope,
+                    reason=f"{on_failure.replace('_', ' ')} after: {reason}",
+                    stage=si,
+                    batch=bi,
+                    specs=specs,
+                )
+        return _finish(ctx, "failed", reason)
+    for r in _hosts(ctx, stage=si, batch=bi):
+        if r.status == "patched" and r.host not in {v.host for v in unclear}:
+            _update_host(ctx, r.host, status="healthy")
+    if unclear:
+        reason = "; ".join(f"{v.host}: {v.verdict.label} ({v.reason})" for v in unclear)
+        return _pause(
+            ctx,
+            f"health unclear after batch {bi + 1} of stage {stage['name']}: {reason}",
+            stage=si,
+            batch=bi + 1,
+        )
+    return None
+
+
+def _budget(ctx: _Ctx) -> FailureBudget:
+    raw = ctx.expansion["failure_budget"]
+    return FailureBudget(
+        **{k: raw[k] for k in ("hosts", "percent", "unreachable_counts") if k in raw}
+    )
+
+
+def _rollback(
+    ctx: _Ctx,
+    rows: Sequence[RunHost],
+    *,
+    reason: str,
+    stage: int | None,
+    batch: int | None,
+    specs: Sequence[CheckSpec],
+) -> None:
+    """Put hosts back on their snapshot versions, in reverse deploy order (one batch at a
+    time, last first), restart the units the health checks watch, verify versions and health.
+    A host that cannot be rolled back is recorded as such; the others go on."""
+    fresh = {r.host: r for r in _hosts(ctx)}
+    todo = sorted((fresh[r.host] for r in rows), key=lambda r: r.order, reverse=True)
+    units = sorted(
+        {u for s in specs if s.check == "systemd_units" for u in s.params.get("units", [])}
+    )
+    groups: list[list[RunHost]] = []
+    for r in todo:
+        if groups and (groups[-1][0].stage, groups[-1][0].batch) == (r.stage, r.batch):
+            groups[-1].append(r)
+        else:
+            groups.append([r])
+    t_first = time.time()
+    for group in groups:
+        restore: dict[str, list[str]] = {}
+        for r in group:
+            artifacts = _artifacts(ctx, r.host)
+            items = []
+            for pkg, ver in sorted(r.snapshot.items()):
+                if pkg not in _targets(r):
+                    continue
+                items.append(artifacts.get(pkg) or f"{pkg}={ver}")
+            restore[r.host] = items
+            _update_host(ctx, r.host, status="rolling_back")
+        ctx.say(f"  rolling back {', '.join(restore)} ({reason})")
+        with _step(
+            ctx, "rollback", stage=stage, batch=batch, hosts=list(restore), reason=reason
+        ) as d:
+            d["started_after_s"] = round(time.time() - t_first, 2)
+            res = ctx.ops.rollback(restore, restart_units=units, lock_timeout=ctx.opts.lock_timeout)
+            d["results"] = {h: {"status": x.status, "message": x.message} for h, x in res.items()}
+        verify_hosts = []
+        for r in group:
+            x = res[r.host]
+            wrong = {
+                p: x.versions.get(p)
+                for p, v in r.snapshot.items()
+                if p in _targets(r) and x.versions.get(p) != v
+            }
+            if x.status == "ok" and not wrong:
+                _update_host(
+                    ctx,
+                    r.host,
+                    status="rolled_back",
+                    message=f"{r.message + '; ' if r.message and r.status == 'failed' else ''}"
+                    "rolled back to "
+                    + ", ".join(f"{p} {v}" for p, v in sorted(r.snapshot.items())),
+                )
+                verify_hosts.append(r.host)
+            else:
+                _update_host(
+                    ctx,
+                    r.host,
+                    status="rollback_failed",
+                    message=f"rollback failed: {x.message or wrong}",
+                )
+                ctx.say(f"  {r.host}: ROLLBACK FAILED: {x.message or wrong}")
+        if verify_hosts and specs:
+            with _step(ctx, "verify", stage=stage, batch=batch, hosts=verify_hosts) as d:
+                after = ctx.ops.measure(specs, verify_hosts, since=None)
+                d["measurements"] = _measurements_to_json(after)
+                ok = {}
+                for h in verify_hosts:
+                    bad = [m for m in after.get(h, []) if m.error]
+                    ok[h] = not bad
+                d["measured"] = ok
+        with session_scope(ctx.engine) as s:
+            s.add(
+                Incident(
+                    run_id=ctx.run_id,
+                    stage=stage,
+                    batch=batch,
+                    hosts=list(restore),
+                    reason=f"rollback: {reason}",
+                    evidence={"results": {h: x.status for h, x in res.items()}},
+                )
+            )
+            audit(s, "rollback", run_id=ctx.run_id, hosts=list(restore), reason=reason)
+
+
+def _artifacts(ctx: _Ctx, host: str) -> dict[str, str]:
+    """The .debs kept at the host's first preflight in this run."""
+    with session_scope(ctx.engine) as s:
+        rows = s.exec(
+            select(RunStep)
+            .where(RunStep.run_id == ctx.run_id, RunStep.kind == "snapshot")
+            .order_by(col(RunStep.id))
+        ).all()
+        for row in rows:
+            if host in row.hosts:
+                return dict((row.detail or {}).get("artifacts", {}))
+    return {}
+
+
+def _record_outcomes(ctx: _Ctx, stage: int, batch: int) -> None:
+    """The fleet's evidence for `risk train`: one outcome per host and package."""
+    rows = _hosts(ctx, stage=stage, batch=batch)
+    with session_scope(ctx.engine) as s:
+        for r in rows:
+            if r.status in ("patched", "healthy"):
+                outcome = "healthy"
+            elif r.status in ("rolled_back", "rollback_failed"):
+                outcome = "install_failed" if r.failure == "install_failed" else "rolled_back"
+            elif r.failure == "install_failed":
+                outcome = "install_failed"
+            elif r.failure == "health_failed":
+                outcome = "health_failed"
+            else:
+                continue
+            for u in r.updates:
+                facts = s.exec(
+                    select(PendingUpdate).where(PendingUpdate.package == u["package"]).limit(1)
+                ).first()
+                s.add(
+                    PatchOutcome(
+                        run_id=ctx.run_id,
+                        host=r.host,
+                        package=u["package"],
+                        source=u.get("source"),
+                        arch=u.get("arch", ""),
+                        from_version=u["from"],
+                        to_version=u["to"],
+                        outcome=outcome,
+                        cves=len(facts.cve_ids) if facts else 0,
+                        urgency=facts.urgency if facts else None,
+                        changelog_entries=facts.changelog_entries if facts else None,
+                        upstream_changed=facts.upstream_changed if facts else None,
+                        reboot_needed=bool(u.get("reboot_needed")),
+                    )
+                )
+
+
+def rollback_run(
+    engine: Engine,
+    run_id: str,
+    *,
+    hosts: Sequence[str] | None,
+    ops: FleetOps,
+    opts: ApplyOptions,
+) -> RunSummary:
+    """A manual rollback of hosts a finished or paused run patched, in reverse deploy order."""
+    run = load_run(engine, run_id)
+    if run.status == "running" and _pid_alive(run.pid or 0):
+        raise RunLocked(f"run {run_id} is running (pid {run.pid})", hint="wait for it to end")
+    ctx = _Ctx(engine, ops, opts, run_id, run.plan)
+    rows = _hosts(ctx)
+    known = {r.host for r in rows}
+    if hosts:
+        unknown = sorted(set(hosts) - known)
+        if unknown:
+            raise BadInputError(
+                f"host {unknown[0]} is not part of run {run_id}",
+                hint=f"the run's hosts: {', '.join(sorted(known))}",
+            )
+    scope = [r for r in rows if (not hosts or r.host in hosts) and r.status in PATCHED]
+    if not scope:
+        raise BadInputError(
+            f"nothing to roll back in run {run_id}" + (f" for {', '.join(hosts)}" if hosts else ""),
+            hint="only hosts the run patched (status patched or healthy) can be rolled back",
+        )
+    acquire_locks(engine, f"{run_id}", [r.host for r in scope], progress=ctx.say)
+    try:
+        with session_scope(engine) as s:
+            audit(s, "manual rollback", run_id=run_id, hosts=[r.host for r in scope])
+        by_stage: dict[int, list[CheckSpec]] = {}
+        for r in scope:
+            by_stage.setdefault(r.stage, check_specs(ctx.stages[r.stage]["settings"]))
+        unique: dict[str, CheckSpec] = {}
+        for group in by_stage.values():
+            for spec in group:
+                unique.setdefault(spec.name, spec)
+        _rollback(
+            ctx,
+            scope,
+            reason="manual rollback",
+            stage=None,
+            batch=None,
+            specs=list(unique.values()),
+        )
+    finally:
+        if run.status not in ("paused",):
+            release_locks(engine, run_id)
+        else:
+            release_locks(engine, run_id, keep_paused=True)
+    states = _host_states(ctx)
+    bad = sorted(r.host for r in scope if states.get(r.host) != "rolled_back")
+    msg = f"rolled back {len(scope) - len(bad)} of {len(scope)} hosts" + (
+        f"; failed: {', '.join(bad)}" if bad else ""
+    )
+    _update_run(ctx, message=msg)
+    ctx.say(msg)
+    return RunSummary(run_id, run.status, ExitCode.FAILED if bad else ExitCode.OK, msg, states)

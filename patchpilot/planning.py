@@ -1,0 +1,146 @@
+"""From a plan file, an inventory and the store to an expanded, frozen plan: the one place
+where plan expansion meets the fleet's facts and risk scores."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.engine import Engine
+from sqlmodel import col, select
+
+from patchpilot import executor
+from patchpilot.errors import BadInputError
+from patchpilot.plan.expand import ExpandedPlan, PlanHost, PlanUpdate, expand_plan
+from patchpilot.plan.frozen import FrozenPlan, freeze, inventory_snapshot, load_frozen
+from patchpilot.plan.spec import PlanSpec, load_plan
+from patchpilot.risk.score import Thresholds, score_pending
+from patchpilot.risk.types import RiskScore
+from patchpilot.store.db import session_scope
+from patchpilot.store.models import Host, PendingUpdate
+
+
+@dataclass
+class BuiltPlan:
+    spec: PlanSpec
+    expanded: ExpandedPlan
+    frozen: dict[str, Any]
+    not_gathered: list[str]  # inventory hosts the store knows nothing about
+    model: str  # risk model version that scored the updates
+
+
+def _aware(d: datetime) -> datetime:
+    return d if d.tzinfo else d.replace(tzinfo=UTC)
+
+
+def os_release(h: Host) -> str:
+    parts = [
+        (h.distribution or "unknown").lower(),
+        h.distribution_version or "",
+        h.distribution_release or "",
+    ]
+    return " ".join(p for p in parts if p)
+
+
+def build_plan(
+    engine: Engine,
+    plan_path: str | Path,
+    inventory: str | Path,
+    *,
+    thresholds: Thresholds,
+    now: datetime | None = None,
+) -> BuiltPlan:
+    spec = load_plan(plan_path)
+    now = now or datetime.now(UTC)
+    names = executor.match_hosts(inventory, spec.targets.pattern)
+    if not names:
+        raise BadInputError(
+            f"pattern {spec.targets.pattern!r} of plan {spec.name!r} matches no host in "
+            f"{inventory}",
+            hint="check targets.pattern against `ansible-inventory -i INVENTORY --graph`",
+        )
+    groups = {h.name: h.groups for h in executor.list_inventory(inventory)}
+    with session_scope(engine) as s:
+        rows = s.exec(select(Host).where(col(Host.name).in_(names))).all()
+        by_name = {h.name: h for h in rows}
+        hosts: list[PlanHost] = []
+        updates: dict[str, list[PlanUpdate]] = {}
+        for name in names:
+            h = by_name.get(name)
+            if h is None:
+                continue
+            hosts.append(
+                PlanHost(
+                    name=name,
+                    groups=tuple(groups.get(name) or h.groups),
+                    os_release=os_release(h),
+                    facts={
+                        k: str(v)
+                        for k, v in {
+                            "os_family": h.os_family,
+                            "distribution": h.distribution,
+                            "distribution_version": h.distribution_version,
+                            "distribution_release": h.distribution_release,
+                            "architecture": h.architecture,
+                            "kernel": h.kernel,
+                        }.items()
+                        if v is not None
+                    },
+                    reachable=h.reachable,
+                )
+            )
+            pending = s.exec(
+                select(PendingUpdate)
+                .where(PendingUpdate.host_id == h.id)
+                .order_by(col(PendingUpdate.package))
+            ).all()
+            updates[name] = [
+                PlanUpdate(
+                    package=u.package,
+                    arch=u.arch,
+                    installed_version=u.installed_version,
+                    candidate_version=u.candidate_version,
+                    source=u.source,
+                    security=u.security,
+                    held=u.held,
+                    reboot_needed=u.reboot_needed,
+                    first_seen=_aware(u.first_seen),
+                )
+                for u in pending
+            ]
+        scored, model = score_pending(s, thresholds=thresholds, now=now)
+    not_gathered = sorted(set(names) - set(by_name))
+    if not hosts:
+        raise BadInputError(
+            f"none of the {len(names)} targeted hosts is in the store",
+            hint=f"run `patchpilot inventory gather -i {inventory}` first",
+        )
+    scores: dict[tuple[str, str], RiskScore] = {(u.host, u.package): u.score for u in scored}
+    expanded = expand_plan(spec, hosts, updates, scores, now=now)
+    frozen = freeze(
+        expanded,
+        spec,
+        inventory_snapshot=inventory_snapshot(hosts, expanded),
+        created_at=now,
+    )
+    return BuiltPlan(spec, expanded, frozen, not_gathered, model)
+
+
+def is_frozen_file(path: str | Path) -> bool:
+    """A frozen plan is a JSON object; a plan file is YAML (which never starts with '{' in
+    practice, and load_frozen's errors are the clearer ones for a JSON file)."""
+    try:
+        with Path(path).open("rb") as fh:
+            head = fh.read(256).lstrip()
+    except OSError:
+        return False
+    return head.startswith(b"{")
+
+
+def load_frozen_plan(path: str | Path) -> tuple[FrozenPlan, dict[str, Any]]:
+    frozen = load_frozen(path)
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    return frozen, data

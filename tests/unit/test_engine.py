@@ -1,0 +1,399 @@
+"""The run state machine on a fake fleet (the engine's one boundary): waves, verdicts,
+rollback order, the failure budget, pauses, locks and resume. Real SQLite stores; the real
+fleet is exercised by tests/e2e/test_apply.py."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlmodel import col, select
+
+from patchpilot.engine import (
+    ApplyOptions,
+    RunLocked,
+    abort_run,
+    resume_run,
+    rollback_run,
+    start_run,
+)
+from patchpilot.errors import BadInputError, ExitCode
+from patchpilot.fleetops import HostResult
+from patchpilot.health.checks import CheckSpec
+from patchpilot.health.types import Direction, Measurement
+from patchpilot.plan.expand import PlanHost, PlanUpdate, expand_plan
+from patchpilot.plan.frozen import freeze, inventory_snapshot
+from patchpilot.plan.spec import parse_plan
+from patchpilot.settings import db_url
+from patchpilot.store.db import open_store, session_scope
+from patchpilot.store.models import AuditEvent, HostLock, PatchOutcome, Run, RunHost, RunStep
+
+NOW = datetime(2026, 11, 22, 3, 0, tzinfo=UTC)
+
+
+@dataclass
+class FakeFleet:
+    """Hosts with installed versions; versions in `broken` answer HTTP 500, in `fails` fail
+    their install (dpkg left half-configured), hosts in `down` do not answer."""
+
+    installed: dict[str, dict[str, str]]
+    broken: set[str] = field(default_factory=set)
+    fails: set[str] = field(default_factory=set)
+    down: set[str] = field(default_factory=set)
+    calls: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)
+    crash_after_patch: bool = False
+
+    def preflight(
+        self,
+        packages: Mapping[str, Sequence[str]],
+        *,
+        rollback_dir: str,
+        lock_timeout: int,
+        check: bool,
+    ) -> dict[str, HostResult]:
+        self.calls.append(("preflight", tuple(packages)))
+        out = {}
+        for h, pkgs in packages.items():
+            if h in self.down:
+                out[h] = HostResult("unreachable", "Connection timed out")
+                continue
+            snap = {p: self.installed[h][p] for p in pkgs if p in self.installed[h]}
+            out[h] = HostResult(
+                "ok",
+                snapshot=snap,
+                artifacts={p: f"{rollback_dir}/{p}_{v}_all.deb" for p, v in snap.items()},
+            )
+        return out
+
+    def patch(
+        self, install: Mapping[str, Sequence[str]], *, reboot: str, lock_timeout: int, check: bool
+    ) -> dict[str, HostResult]:
+        self.calls.append(("patch", tuple(install)))
+        out = {}
+        for h, items in install.items():
+            if h in self.down:
+                out[h] = HostResult("unreachable", "Connection timed out")
+                continue
+            failed = False
+            for item in items:
+                pkg, ver = item.split("=")
+                if not check:
+                    self.installed[h][pkg] = ver
+                if ver in self.fails:
+                    failed = True
+            out[h] = HostResult(
+                "failed" if failed else "ok",
+                "dpkg returned an error code (1)" if failed else None,
+                versions=dict(self.installed[h]),
+            )
+        if self.crash_after_patch:
+            raise KeyboardInterrupt("simulated crash")
+        return out
+
+    def rollback(
+        self,
+        restore: Mapping[str, Sequence[str]],
+        *,
+        restart_units: Sequence[str],
+        lock_timeout: int,
+    ) -> dict[str, HostResult]:
+        self.calls.append(("rollback", tuple(restore)))
+        out = {}
+        for h, items in restore.items():
+            if h in self.down:
+                out[h] = HostResult("unreachable", "Connection timed out")
+                continue
+            for item in items:
+                name = Path(item).name
+                pkg, ver = name.split("_")[:2] if name.endswith(".deb") else item.split("=")
+                self.installed[h][pkg] = ver
+            out[h] = HostResult("ok", versions=dict(self.installed[h]))
+        return out
+
+    def measure(
+        self, specs: Sequence[CheckSpec], hosts: Sequence[str], *, since: float | None
+    ) -> dict[str, list[Measurement]]:
+        self.calls.append(("measure", tuple(hosts)))
+        out: dict[str, list[Measurement]] = {}
+        for h in hosts:
+            if h in self.down:
+                out[h] = [
+                    Measurement("ssh", "reachable", "bool", (0.0,), Direction.LOWER_IS_WORSE, True)
+                ]
+                continue
+            bad = self.installed[h].get("demoweb") in self.broken
+            out[h] = [
+                Measurement("http", "error_rate", "%", (100.0 if bad else 0.0,), critical=True),
+                Measurement(
+                    "http",
+                    "latency_ms",
+                    "ms",
+                    tuple(2.0 + i * 0.1 for i in range(10)),
+                    critical=True,
+                ),
+            ]
+        return out
+
+
+PLAN = """
+name: test
+select: {{include: [demoweb], unscored: include}}
+stages:
+  - name: canary
+    hosts: 1
+    health:
+      - {{check: http, params: {{url: "http://127.0.0.1:8080/"}}, critical: true}}
+  - name: rest
+    after: [canary]
+    hosts: rest
+    parallel: 2
+    health:
+      - {{check: http, params: {{url: "http://127.0.0.1:8080/"}}, critical: true}}
+failure_budget: {budget}
+"""
+
+
+def _frozen(n: int, budget: str = "{hosts: 0}", *, to: str = "1.1-1") -> tuple[Any, dict[str, Any]]:
+    spec = parse_plan(PLAN.format(budget=budget), source="test.yml")
+    hosts = [PlanHost(f"web{i:02d}", ("web",), "debian 12 bookworm") for i in range(1, n + 1)]
+    updates = {
+        h.name: [PlanUpdate("demoweb", "all", "1.0-1", to, "demoweb", False, False, False, NOW)]
+        for h in hosts
+    }
+    expanded = expand_plan(spec, hosts, updates, {}, now=NOW)
+    data = freeze(
+        expanded, spec, inventory_snapshot=inventory_snapshot(hosts, expanded), created_at=NOW
+    )
+    return spec, data
+
+
+def _fleet(n: int, **kw: Any) -> FakeFleet:
+    return FakeFleet({f"web{i:02d}": {"demoweb": "1.0-1"} for i in range(1, n + 1)}, **kw)
+
+
+@pytest.fixture
+def engine(tmp_path: Path):  # type: ignore[no-untyped-def]
+    return open_store(db_url(str(tmp_path / "pp.db")))
+
+
+def _opts(**kw: Any) -> ApplyOptions:
+    return ApplyOptions(now=lambda: NOW, sleep=lambda _s: None, **kw)
+
+
+def _order(fleet: FakeFleet, kind: str) -> list[tuple[str, ...]]:
+    return [hosts for k, hosts in fleet.calls if k == kind]
+
+
+def test_a_healthy_update_goes_wave_by_wave(engine) -> None:  # type: ignore[no-untyped-def]
+    spec, data = _frozen(5)
+    fleet = _fleet(5)
+    summary = start_run(engine, spec, data, inventory="inv", ops=fleet, opts=_opts())
+    assert summary.status == "succeeded" and summary.exit_code == ExitCode.OK
+    assert all(v == {"demoweb": "1.1-1"} for v in fleet.installed.values())
+    patched = _order(fleet, "patch")
+    assert len(patched) == 3 and len(patched[0]) == 1  # canary alone, then batches of 2
+    assert set(summary.hosts.values()) == {"healthy"}
+    with session_scope(engine) as s:
+        outcomes = s.exec(select(PatchOutcome)).all()
+        assert {o.outcome for o in outcomes} == {"healthy"} and len(outcomes) == 5
+        assert s.exec(select(HostLock)).all() == []  # released
+        steps = s.exec(select(RunStep).order_by(col(RunStep.id))).all()
+        assert all(st.state == "done" and st.finished_at for st in steps)
+
+
+def test_a_broken_update_stops_at_the_canary_and_is_rolled_back(engine) -> None:  # type: ignore[no-untyped-def]
+    spec, data = _frozen(5)
+    fleet = _fleet(5, broken={"1.1-1"})
+    summary = start_run(engine, spec, data, inventory="inv", ops=fleet, opts=_opts())
+    assert summary.status == "failed" and summary.exit_code == ExitCode.FAILED
+    canary = _order(fleet, "patch")[0][0]
+    assert len(_order(fleet, "patch")) == 1  # no later stage touched
+    assert fleet.installed[canary] == {"demoweb": "1.0-1"}
+    assert summary.hosts[canary] == "rolled_back"
+    assert sorted(set(summary.hosts.values())) == ["pending", "rolled_back"]
+    assert "failure budget exceeded" in summary.message
+    with session_scope(engine) as s:
+        outcome = s.exec(select(PatchOutcome)).one()
+        assert (outcome.host, outcome.outcome) == (canary, "rolled_back")
+
+
+def test_a_failing_install_is_restored_and_the_budget_decides(engine) -> None:  # type: ignore[no-untyped-def]
+    # Budget 1: the first failure (the canary) is within it and the run goes on; the next
+    # batch fails too, the budget is exceeded and the run halts, rolling back its stage.
+    spec, data = _frozen(5, "{hosts: 1}")
+    fleet = _fleet(5, fails={"1.1-1"})
+    summary = start_run(engine, spec, data, inventory="inv", ops=fleet, opts=_opts())
+    assert summary.status == "failed"
+    assert len(_order(fleet, "patch")) == 2
+    touched = [h for batch in _order(fleet, "patch") for h in batch]
+    assert all(fleet.installed[h] == {"demoweb": "1.0-1"} for h in touched)
+    assert all(summary.hosts[h] == "rolled_back" for h in touched)
+    assert "3 failed" in summary.message and "1 allowed" in summary.message
+
+
+def test_rollback_runs_in_reverse_deploy_order(engine) -> None:  # type: ignore[no-untyped-def]
+    spec, data = _frozen(5, "{hosts: 0}")
+    fleet = _fleet(5)
+    start_run(engine, spec, data, inventory="inv", ops=fleet, opts=_opts())
+    run_id = _only_run(engine)
+    deploy = [h for batch in _order(fleet, "patch") for h in batch]
+    summary = rollback_run(engine, run_id, hosts=None, ops=fleet, opts=_opts())
+    batches = _order(fleet, "rollback")
+    assert [h for b in batches for h in b] == list(reversed(deploy))
+    assert summary.exit_code == ExitCode.OK
+    assert all(v == {"demoweb": "1.0-1"} for v in fleet.installed.values())
+
+
+def test_an_unreachable_host_counts_as_the_budget_says(engine) -> None:  # type: ignore[no-untyped-def]
+    spec, data = _frozen(5, "{hosts: 0, unreachable_counts: false}")
+    fleet = _fleet(5, down={"web05"})
+    summary = start_run(engine, spec, data, inventory="inv", ops=fleet, opts=_opts())
+    assert summary.status == "partial" and summary.exit_code == ExitCode.PARTIAL
+    assert summary.hosts["web05"] == "failed"
+    assert fleet.installed["web05"] == {"demoweb": "1.0-1"}
+    with session_scope(engine) as s:
+        row = s.exec(select(RunHost).where(RunHost.host == "web05")).one()
+        assert row.failure == "unreachable"
+
+    spec, data = _frozen(5, "{hosts: 0, unreachable_counts: true}")
+    summary = start_run(
+        engine, spec, data, inventory="inv", ops=_fleet(5, down={"web05"}), opts=_opts()
+    )
+    assert summary.status == "failed"
+
+
+def test_a_crash_after_patching_resumes_without_patching_twice(engine) -> None:  # type: ignore[no-untyped-def]
+    spec, data = _frozen(3)
+    fleet = _fleet(3, crash_after_patch=True)
+    with pytest.raises(KeyboardInterrupt):
+        start_run(engine, spec, data, inventory="inv", ops=fleet, opts=_opts())
+    run_id = _only_run(engine)
+    canary = _order(fleet, "patch")[0][0]
+    with session_scope(engine) as s:
+        host = s.exec(select(RunHost).where(RunHost.host == canary)).one()
+        assert host.status == "patching" and host.snapshot == {"demoweb": "1.0-1"}
+        # The process died: its pid is gone, so its locks are stale.
+        for lock in s.exec(select(HostLock)).all():
+            lock.pid = 999_999_999
+            s.add(lock)
+        run = s.get(Run, run_id)
+        assert run is not None
+        run.pid = 999_999_999
+        s.add(run)
+    fleet.crash_after_patch = False
+    messages: list[str] = []
+    summary = resume_run(engine, run_id, ops=fleet, opts=_opts(progress=messages.append))
+    assert summary.status == "succeeded"
+    patched = [h for batch in _order(fleet, "patch") for h in batch]
+    assert patched.count(canary) == 1, "the canary was patched again after the crash"
+    assert sorted(patched) == ["web01", "web02", "web03"]
+    assert any("interrupted process (pid 999999999 is gone)" in m for m in messages)
+    with session_scope(engine) as s:
+        host = s.exec(select(RunHost).where(RunHost.host == canary)).one()
+        assert host.snapshot == {"demoweb": "1.0-1"}  # rollback data kept
+
+
+def test_a_second_run_on_the_same_hosts_is_refused(engine) -> None:  # type: ignore[no-untyped-def]
+    spec, data = _frozen(3)
+    with session_scope(engine) as s:
+        s.add(HostLock(host="web02", run_id="r-other", pid=1, controller="elsewhere"))
+    with pytest.raises(RunLocked) as exc:
+        start_run(engine, spec, data, inventory="inv", ops=_fleet(3), opts=_opts())
+    assert exc.value.exit_code == ExitCode.LOCKED
+    assert "web02 is locked by run r-other" in exc.value.message
+
+
+def test_a_stale_lock_of_a_dead_process_is_reclaimed_with_a_message(engine) -> None:  # type: ignore[no-untyped-def]
+    import socket
+
+    spec, data = _frozen(3)
+    with session_scope(engine) as s:
+        s.add(
+            HostLock(
+                host="web02", run_id="r-dead", pid=999_999_999, controller=socket.gethostname()
+            )
+        )
+    messages: list[str] = []
+    summary = start_run(
+        engine, spec, data, inventory="inv", ops=_fleet(3), opts=_opts(progress=messages.append)
+    )
+    assert summary.status == "succeeded"
+    assert any("reclaimed the stale lock on web02 of run r-dead" in m for m in messages)
+
+
+def test_unclear_health_pauses_and_approve_continues(engine) -> None:  # type: ignore[no-untyped-def]
+    spec, data = _frozen(3)
+
+    class Flaky(FakeFleet):
+        def measure(self, specs, hosts, *, since):  # type: ignore[no-untyped-def]
+            out = super().measure(specs, hosts, since=since)
+            # Latency has too few samples to judge: inconclusive, never silently healthy.
+            return {
+                h: [
+                    Measurement(m.check, m.metric, m.unit, m.samples[:2], m.direction, m.critical)
+                    if m.metric == "latency_ms"
+                    else m
+                    for m in ms
+                ]
+                for h, ms in out.items()
+            }
+
+    fleet = Flaky({f"web{i:02d}": {"demoweb": "1.0-1"} for i in range(1, 4)})
+    summary = start_run(engine, spec, data, inventory="inv", ops=fleet, opts=_opts())
+    assert summary.status == "paused" and summary.exit_code == ExitCode.PAUSED
+    run_id = summary.run_id
+    with session_scope(engine) as s:
+        assert {lk.pid for lk in s.exec(select(HostLock)).all()} == {0}  # held while paused
+    with pytest.raises(RunLocked):
+        start_run(engine, spec, data, inventory="inv", ops=_fleet(3), opts=_opts())
+    summary = resume_run(engine, run_id, ops=_fleet(3), opts=_opts(), approve=True)
+    assert summary.status in ("succeeded", "paused")
+    with session_scope(engine) as s:
+        actions = [a.action for a in s.exec(select(AuditEvent).where(AuditEvent.run_id == run_id))]
+    assert "approve" in actions
+
+
+def test_abort_stops_a_paused_run_and_frees_its_hosts(engine) -> None:  # type: ignore[no-untyped-def]
+    spec2 = parse_plan(
+        PLAN.format(budget="{hosts: 0}").replace(
+            "after: [canary]", "after: [canary]\n    approval: true"
+        ),
+        source="t.yml",
+    )
+    hosts = [PlanHost(f"web{i:02d}", ("web",), "debian 12 bookworm") for i in range(1, 4)]
+    updates = {
+        h.name: [
+            PlanUpdate("demoweb", "all", "1.0-1", "1.1-1", "demoweb", False, False, False, NOW)
+        ]
+        for h in hosts
+    }
+    expanded = expand_plan(spec2, hosts, updates, {}, now=NOW)
+    data2 = freeze(
+        expanded, spec2, inventory_snapshot=inventory_snapshot(hosts, expanded), created_at=NOW
+    )
+    summary = start_run(engine, spec2, data2, inventory="inv", ops=_fleet(3), opts=_opts())
+    assert summary.status == "paused" and "needs approval" in summary.message
+    done = abort_run(engine, summary.run_id, reason="change freeze")
+    assert done.status == "aborted"
+    with session_scope(engine) as s:
+        assert s.exec(select(HostLock)).all() == []
+    with pytest.raises(BadInputError, match="already aborted"):
+        abort_run(engine, summary.run_id)
+
+
+def test_check_mode_changes_nothing(engine) -> None:  # type: ignore[no-untyped-def]
+    spec, data = _frozen(3)
+    fleet = _fleet(3)
+    summary = start_run(engine, spec, data, inventory="inv", ops=fleet, opts=_opts(check=True))
+    assert summary.status == "check" and summary.exit_code == ExitCode.OK
+    assert all(v == {"demoweb": "1.0-1"} for v in fleet.installed.values())
+    assert not _order(fleet, "rollback")
+
+
+def _only_run(engine) -> str:  # type: ignore[no-untyped-def]
+    with session_scope(engine) as s:
+        return s.exec(select(Run)).one().id
