@@ -173,7 +173,10 @@ def check_specs(stage_settings: Mapping[str, Any]) -> list[CheckSpec]:
             check=h["check"],
             params=dict(h.get("params") or {}),
             critical=h.get("critical"),
-            thresholds=dict(h.get("thresholds") or {}),
+            thresholds={
+                metric: {k: v for k, v in (limits or {}).items() if v is not None}
+                for metric, limits in (h.get("thresholds") or {}).items()
+            },
             id=h.get("id"),
         )
         validate_check(spec, where=f"health[{i}]")

@@ -1,0 +1,646 @@
+"""From a plan and what the fleet needs, the exact waves: which host gets which versions in
+which batch, why, and the order to undo it in.
+
+Expansion is pure and deterministic: the same plan, hosts, updates, scores and `now` give
+the same result, so a plan can be reviewed, frozen and later executed exactly as reviewed.
+Every host and every pending update that is left out carries a reason in words.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import gc
+import hashlib
+import math
+import re
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from fractions import Fraction
+from functools import cached_property
+from operator import attrgetter
+from typing import Any, NamedTuple
+
+from patchpilot.errors import BadInputError
+from patchpilot.patches import validate_package_name, validate_version
+from patchpilot.plan.spec import FailureBudget, PlanSpec, Stage, resolve_count
+from patchpilot.risk.types import RiskLevel, RiskScore
+
+_ARCH_RE = re.compile(r"[A-Za-z0-9_]{1,32}")
+
+R_UNREACHABLE = "unreachable at last gather"
+R_NOTHING = "nothing to patch"
+R_UNCOVERED = "not covered by any stage"
+R_HELD = "held on the host"
+R_NOT_SECURITY = "not a security update (select.security_only)"
+R_NOT_INCLUDED = "not matched by select.include"
+R_NO_SCORE = "no risk score"
+NO_GROUP = "ungrouped"
+
+
+# --- inputs ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PlanHost:
+    """A host as the plan sees it, from the last gather."""
+
+    name: str
+    groups: tuple[str, ...]
+    os_release: str  # e.g. "debian 12 bookworm"
+    facts: Mapping[str, str] = field(default_factory=dict)
+    reachable: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class PlanUpdate:
+    """One pending update on one host, from the last gather."""
+
+    package: str
+    arch: str
+    installed_version: str
+    candidate_version: str
+    source: str | None
+    security: bool
+    held: bool
+    reboot_needed: bool
+    first_seen: datetime  # aware
+
+
+# --- outputs ---------------------------------------------------------------------------------
+
+
+class SkippedHost(NamedTuple):
+    host: str
+    reason: str
+
+
+class ExcludedUpdate(NamedTuple):
+    host: str
+    update: PlanUpdate
+    reason: str
+
+
+class HostPlan(NamedTuple):
+    """What one host gets: the updates in install order, with their risk scores (None where
+    the update was not scored), its stage and batch, and why it is where it is."""
+
+    name: str
+    os_release: str
+    groups: tuple[str, ...]
+    stage: str
+    batch: int  # index within the stage, from 0
+    reason: str
+    reboot: bool
+    updates: tuple[PlanUpdate, ...]
+    risks: tuple[RiskScore | None, ...]
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    name: str
+    settings: Stage
+    batches: tuple[tuple[str, ...], ...]  # never an empty batch
+    reasons: Mapping[str, str]  # host -> why it is in this stage
+    note: str = ""  # why the stage is empty, or how it was sized
+
+    @property
+    def hosts(self) -> tuple[str, ...]:
+        return tuple(h for batch in self.batches for h in batch)
+
+
+class RollbackStep(NamedTuple):
+    """Undo one host: `packages` in reverse install order, each back to its
+    installed_version."""
+
+    host: str
+    stage: str
+    batch: int
+    packages: tuple[PlanUpdate, ...]
+
+
+@dataclass(frozen=True)
+class ExpandedPlan:
+    plan: str
+    emergency: bool
+    reboot: str
+    evaluated_at: datetime
+    stages: tuple[StagePlan, ...]
+    hosts: Mapping[str, HostPlan]  # in deploy order
+    skipped: tuple[SkippedHost, ...]  # sorted by host
+    excluded: tuple[ExcludedUpdate, ...]  # by host, then in the host's update order
+    failure_budget: int  # failures allowed before the run halts
+    budget: FailureBudget
+    warnings: tuple[str, ...]
+
+    @cached_property
+    def rollback(self) -> tuple[RollbackStep, ...]:
+        """The undo order: the reverse of deploy order (last batch first, and within a
+        batch the last host first), each host's packages in reverse install order."""
+        return tuple(
+            _new(RollbackStep, (name, h.stage, h.batch, h.updates[::-1]))
+            for name, h in list(self.hosts.items())[::-1]
+        )
+
+    @property
+    def total_hosts(self) -> int:
+        return len(self.hosts)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly, with a stable order: what a review shows and a frozen plan keeps."""
+        return {
+            "plan": self.plan,
+            "emergency": self.emergency,
+            "reboot": self.reboot,
+            "evaluated_at": self.evaluated_at.isoformat(),
+            "total_hosts": self.total_hosts,
+            "failure_budget": {
+                "allowed": self.failure_budget,
+                **self.budget.model_dump(mode="json", exclude_none=True),
+            },
+            "stages": [
+                {
+                    "name": s.name,
+                    "settings": s.settings.model_dump(mode="json"),
+                    "batches": [list(b) for b in s.batches],
+                    "note": s.note,
+                }
+                for s in self.stages
+            ],
+            "hosts": [_host_dict(h) for h in self.hosts.values()],
+            "skipped": [{"host": s.host, "reason": s.reason} for s in self.skipped],
+            "excluded": [
+                {
+                    "host": e.host,
+                    "package": e.update.package,
+                    "arch": e.update.arch,
+                    "version": e.update.candidate_version,
+                    "reason": e.reason,
+                }
+                for e in self.excluded
+            ],
+            "rollback": [
+                {
+                    "host": r.host,
+                    "stage": r.stage,
+                    "batch": r.batch,
+                    "packages": [
+                        {"package": u.package, "arch": u.arch, "to_version": u.installed_version}
+                        for u in r.packages
+                    ],
+                }
+                for r in self.rollback
+            ],
+            "warnings": list(self.warnings),
+        }
+
+
+def _host_dict(h: HostPlan) -> dict[str, Any]:
+    return {
+        "name": h.name,
+        "os_release": h.os_release,
+        "groups": list(h.groups),
+        "stage": h.stage,
+        "batch": h.batch,
+        "reason": h.reason,
+        "reboot": h.reboot,
+        "updates": [
+            {
+                "package": u.package,
+                "arch": u.arch,
+                "from": u.installed_version,
+                "to": u.candidate_version,
+                "source": u.source,
+                "security": u.security,
+                "reboot_needed": u.reboot_needed,
+                "risk": s.level.value if s else None,
+                "probability": s.probability if s else None,
+            }
+            for u, s in zip(h.updates, h.risks, strict=True)
+        ],
+    }
+
+
+# --- failure budget --------------------------------------------------------------------------
+
+
+def budget_allowed(total_hosts: int, budget: FailureBudget) -> int:
+    """Failures a run may have and go on: `hosts`, or floor(percent/100 x total_hosts)."""
+    if budget.percent is not None:
+        return math.floor(Fraction(str(budget.percent)) * total_hosts / 100)
+    return budget.hosts or 0
+
+
+def budget_exceeded(
+    failures: int, unreachable: int, total_hosts: int, budget: FailureBudget
+) -> bool:
+    """True when the run must halt: counted failures are above what the budget allows
+    (equal to the allowance still goes on)."""
+    counted = failures + (unreachable if budget.unreachable_counts else 0)
+    return counted > budget_allowed(total_hosts, budget)
+
+
+# --- expansion -------------------------------------------------------------------------------
+
+
+def expand_plan(
+    spec: PlanSpec,
+    hosts: Sequence[PlanHost],
+    updates: Mapping[str, Sequence[PlanUpdate]],
+    scores: Mapping[tuple[str, str], RiskScore],
+    *,
+    now: datetime,
+) -> ExpandedPlan:
+    """The waves this plan makes of this fleet, as of `now` (aware). `hosts` are the hosts
+    the targets pattern resolved to; `updates` their pending updates by host name; `scores`
+    the risk of each (host, package). Raises BadInputError for an unusable update."""
+    if now.tzinfo is None or now.utcoffset() is None:
+        raise ValueError("now must be an aware datetime")
+    # Expansion builds only acyclic data. On a large fleet the cyclic collector would
+    # otherwise re-scan the caller's millions of input objects several times over.
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        return _expand(spec, hosts, updates, scores, now)
+    finally:
+        if collecting:
+            gc.enable()
+
+
+class _Chosen(NamedTuple):
+    host: PlanHost
+    updates: tuple[PlanUpdate, ...]
+    risks: tuple[RiskScore | None, ...]
+    reboot_needed: bool
+
+
+_new = tuple.__new__
+_UNSEEN = "\0unseen"  # glob cache: package not looked at yet
+_package = attrgetter("package")
+_arch = attrgetter("arch")
+_installed = attrgetter("installed_version")
+_candidate = attrgetter("candidate_version")
+_needs_reboot = attrgetter("reboot_needed")
+
+Signature = tuple[str, tuple[str, ...]]  # (os_release, groups)
+
+
+def _expand(
+    spec: PlanSpec,
+    hosts: Sequence[PlanHost],
+    updates: Mapping[str, Sequence[PlanUpdate]],
+    scores: Mapping[tuple[str, str], RiskScore],
+    now: datetime,
+) -> ExpandedPlan:
+    skipped: list[SkippedHost] = []
+    excluded: list[ExcludedUpdate] = []
+    chosen = _select(spec, hosts, updates, scores, now, skipped, excluded)
+    warnings: list[str] = []
+    if not chosen:
+        warnings.append("no host has anything to patch: the plan is empty")
+
+    order = _stable_order(spec.name, chosen)
+    stages, placement, deploy, uncovered = _assign(spec, chosen, order, warnings)
+
+    # Built in name order (the order `chosen` is in memory), then keyed in deploy order.
+    always, never = spec.reboot == "always", spec.reboot == "never"
+    plans: list[HostPlan | None] = [None] * len(chosen)
+    for j, c in enumerate(chosen):
+        where = placement[j]
+        if where is None:
+            continue
+        stage_name, batch, reason = where
+        host = c.host
+        plans[j] = _new(
+            HostPlan,
+            (
+                host.name,
+                host.os_release,
+                host.groups,
+                stage_name,
+                batch,
+                reason,
+                always or (not never and c.reboot_needed),
+                c.updates,
+                c.risks,
+            ),
+        )
+    host_plans: dict[str, HostPlan] = {p.name: p for p in map(plans.__getitem__, deploy) if p}
+    if uncovered:
+        skipped.extend(SkippedHost(chosen[j].host.name, R_UNCOVERED) for j in sorted(uncovered))
+        warnings.append(
+            f"{len(uncovered)} host(s) with updates are not covered by any stage and are"
+            " skipped; end the plan with a stage of hosts: rest to patch them"
+        )
+        skipped.sort()
+
+    return ExpandedPlan(
+        plan=spec.name,
+        emergency=spec.emergency,
+        reboot=spec.reboot,
+        evaluated_at=now,
+        stages=tuple(stages),
+        hosts=host_plans,
+        skipped=tuple(skipped),
+        excluded=tuple(excluded),
+        failure_budget=budget_allowed(len(host_plans), spec.failure_budget),
+        budget=spec.failure_budget,
+        warnings=tuple(warnings),
+    )
+
+
+def _target_reason(spec: PlanSpec, host: PlanHost) -> str | None:
+    targets = spec.targets
+    if targets.groups and not any(g in host.groups for g in targets.groups):
+        return f"not in targets.groups ({', '.join(targets.groups)})"
+    for key, want in targets.facts.items():
+        have = host.facts.get(key)
+        wanted = (want,) if isinstance(want, str) else want
+        if have is None:
+            return f"fact {key} was not gathered (targets.facts)"
+        if have not in wanted:
+            return f"fact {key} is {have!r}, targets.facts wants {' or '.join(wanted)}"
+    if not host.reachable:
+        return R_UNREACHABLE
+    return None
+
+
+def _glob_reason(spec: PlanSpec, include: re.Pattern[str], package: str) -> str | None:
+    if not include.match(package):
+        return R_NOT_INCLUDED
+    for pattern in spec.select.exclude:
+        if fnmatch.fnmatchcase(package, pattern):
+            return f"matched select.exclude {pattern!r}"
+    return None
+
+
+def _select(
+    spec: PlanSpec,
+    hosts: Sequence[PlanHost],
+    updates: Mapping[str, Sequence[PlanUpdate]],
+    scores: Mapping[tuple[str, str], RiskScore],
+    now: datetime,
+    skipped: list[SkippedHost],
+    excluded: list[ExcludedUpdate],
+) -> list[_Chosen]:
+    """Hosts the targets keep and, on each, the updates the select rules keep; everything
+    left out is recorded with the first rule that excluded it. Hosts come out by name."""
+    sel = spec.select
+    security_only = sel.security_only
+    # Package -> reason (None: passes); the globs run once per distinct package name.
+    globs: dict[str, str | None] | None = None if sel.include == ("*",) and not sel.exclude else {}
+    include = re.compile("|".join(f"(?:{fnmatch.translate(g)})" for g in sel.include))
+    check_age = sel.min_age_days > 0
+    cutoff = (now - timedelta(days=sel.min_age_days)).astimezone(UTC)
+    r_too_new = f"first seen less than {sel.min_age_days:g} days ago (select.min_age_days)"
+    max_p = sel.max_probability
+    allowed_levels: tuple[RiskLevel, ...] | None = None
+    risk_reasons: dict[RiskLevel, str] = {}
+    if sel.max_risk is not None:
+        allowed_levels = tuple(lv for lv in RiskLevel if lv.rank <= sel.max_risk.rank)
+        risk_reasons = {
+            lv: f"risk {lv.value} is above select.max_risk {sel.max_risk.value}" for lv in RiskLevel
+        }
+    risk_filter = allowed_levels is not None or max_p is not None
+    exclude_unscored = risk_filter and sel.unscored == "exclude"
+    scores_get = scores.get
+    updates_get = updates.get
+    exclude = excluded.append
+    selected: list[PlanUpdate] = []  # every selected update, for validation
+
+    filtered = bool(spec.targets.groups or spec.targets.facts)
+    chosen: list[_Chosen] = []
+    seen: set[str] = set()
+    for host in sorted(hosts, key=attrgetter("name")):
+        name = host.name
+        if name in seen:
+            raise BadInputError(
+                f"host {name} is listed twice", hint="host names must be unique in a fleet"
+            )
+        seen.add(name)
+        reason = (
+            _target_reason(spec, host) if filtered else (None if host.reachable else R_UNREACHABLE)
+        )
+        if reason:
+            skipped.append(SkippedHost(name, reason))
+            continue
+        picked: list[PlanUpdate] = []
+        risks: list[RiskScore | None] = []
+        for u in updates_get(name, ()):
+            if u.held:
+                exclude(_new(ExcludedUpdate, (name, u, R_HELD)))
+                continue
+            if security_only and not u.security:
+                exclude(_new(ExcludedUpdate, (name, u, R_NOT_SECURITY)))
+                continue
+            pkg = u.package
+            if globs is not None:
+                why = globs.get(pkg, _UNSEEN)
+                if why is _UNSEEN:
+                    why = globs[pkg] = _glob_reason(spec, include, pkg)
+                if why is not None:
+                    exclude(_new(ExcludedUpdate, (name, u, why)))
+                    continue
+            if check_age and u.first_seen > cutoff:
+                exclude(_new(ExcludedUpdate, (name, u, r_too_new)))
+                continue
+            score = scores_get((name, pkg))
+            if risk_filter:
+                if score is None:
+                    if exclude_unscored:
+                        exclude(_new(ExcludedUpdate, (name, u, R_NO_SCORE)))
+                        continue
+                elif allowed_levels is not None and score.level not in allowed_levels:
+                    exclude(_new(ExcludedUpdate, (name, u, risk_reasons[score.level])))
+                    continue
+                elif max_p is not None and score.probability > max_p:
+                    why = (
+                        f"regression probability {score.probability:.2f} is above"
+                        f" select.max_probability {max_p:g}"
+                    )
+                    exclude(_new(ExcludedUpdate, (name, u, why)))
+                    continue
+            picked.append(u)
+            risks.append(score)
+        if picked:
+            selected.extend(picked)
+            reboot = any(map(_needs_reboot, picked))
+            chosen.append(_new(_Chosen, (host, tuple(picked), tuple(risks), reboot)))
+        else:
+            skipped.append(SkippedHost(name, R_NOTHING))
+    _validate_selected(chosen, selected)
+    return chosen
+
+
+def _validate_selected(chosen: list[_Chosen], selected: list[PlanUpdate]) -> None:
+    """Every package name, version and architecture that would reach a command; each
+    distinct value is checked once."""
+    versions = set(map(_installed, selected))
+    versions.update(map(_candidate, selected))
+    bad_names = {n for n in set(map(_package, selected)) if not _valid(validate_package_name, n)}
+    bad_versions = {v for v in versions if not _valid(validate_version, v)}
+    bad_arches = {a for a in set(map(_arch, selected)) if not _ARCH_RE.fullmatch(a)}
+    if not (bad_names or bad_versions or bad_arches):
+        return
+    for c in chosen:  # name the first host and update with a bad value
+        for u in c.updates:
+            where = f"pending update {u.package!r} on {c.host.name}"
+            if u.package in bad_names:
+                validate_package_name(u.package, where=f"pending update on {c.host.name}")
+            if u.installed_version in bad_versions:
+                validate_version(u.installed_version, where=f"{where}, installed version")
+            if u.candidate_version in bad_versions:
+                validate_version(u.candidate_version, where=f"{where}, candidate version")
+            if u.arch in bad_arches:
+                raise BadInputError(
+                    f"{where}: invalid architecture {u.arch!r}",
+                    hint="architectures are letters, digits and _ (amd64, x86_64, noarch)",
+                )
+
+
+def _valid(check: Callable[..., str], value: str) -> bool:
+    try:
+        check(value)
+    except BadInputError:
+        return False
+    return True
+
+
+def _stable_order(plan_name: str, chosen: list[_Chosen]) -> list[int]:
+    """Indices of `chosen` in an order that is fixed for a plan but spread across the fleet:
+    by sha256 of plan name and host name (then the name), so web01..web03 do not share a
+    wave."""
+    prefix = plan_name.encode() + b"\0"
+    sha = hashlib.sha256
+    keys = [sha(prefix + (n := c.host.name.encode())).digest() + n for c in chosen]
+    return sorted(range(len(chosen)), key=keys.__getitem__)
+
+
+def _pairs(signature: Signature) -> list[tuple[str, str]]:
+    os_release, groups = signature
+    return [(os_release, g) for g in groups] or [(os_release, NO_GROUP)]
+
+
+def _describe(stage: Stage, base: int) -> str:
+    selector = f"group {stage.group}" if stage.group else "the plan's hosts"
+    if stage.hosts == "rest":
+        return f"the rest of {selector}"
+    if isinstance(stage.hosts, int):
+        return f"{stage.hosts} of {selector}"
+    return f"{stage.hosts} of {selector} ({base} hosts)"
+
+
+Placement = tuple[str, int, str]  # stage name, batch index, reason
+
+
+def _assign(
+    spec: PlanSpec, chosen: list[_Chosen], order: list[int], warnings: list[str]
+) -> tuple[list[StagePlan], list[Placement | None], list[int], list[int]]:
+    """Stages take hosts in plan order from those no earlier stage took. Works on indices
+    into `chosen` and on (OS release, groups) signatures, which hosts share: the hosts
+    themselves are visited once, in name order."""
+    names = [c.host.name for c in chosen]
+    sig_ids: dict[Signature, int] = {}
+    sigs = [sig_ids.setdefault((c.host.os_release, c.host.groups), len(sig_ids)) for c in chosen]
+    signatures = list(sig_ids)
+    sig_counts = Counter(sigs)
+    canary = next((i for i, s in enumerate(spec.stages) if not s.validation), None)
+    remaining = order
+    stages: list[StagePlan] = []
+    placement: list[Placement | None] = [None] * len(chosen)
+    deploy: list[int] = []
+    for i, stage in enumerate(spec.stages):
+        group = stage.group
+        if group is None:
+            available = remaining
+            base = len(order)
+        else:
+            ok = [group in groups for _os, groups in signatures]
+            available = [j for j in remaining if ok[sigs[j]]]
+            base = sum(n for sig, n in sig_counts.items() if ok[sig])
+        if not available:
+            if not order:
+                why = "no host has anything to patch"
+            elif base == 0:
+                why = f"no host with updates is in group {group}"
+            else:
+                why = "every host it may take is already in an earlier stage"
+            stages.append(StagePlan(stage.name, stage, (), {}, f"empty: {why}"))
+            warnings.append(f"stage {stage.name} is empty: {why}")
+            continue
+        take = min(max(1, resolve_count(stage.hosts, base)), len(available))
+        why = (
+            f"{stage.name}: validation host"
+            if stage.validation
+            else f"{stage.name}: {_describe(stage, base)}"
+        )
+        special: dict[int, str] = {}  # index -> reason, where not `why`
+        if i == canary:
+            picked, special = _cover(stage, available, take, sigs, signatures)
+            if len(picked) > take:
+                warnings.append(
+                    f"stage {stage.name} grew from {take} to {len(picked)} host(s) to cover"
+                    " every OS release / group pair"
+                )
+            taken = set(picked)
+            remaining = [j for j in remaining if j not in taken]
+        else:
+            picked = available[:take]
+            if group is None:
+                remaining = remaining[take:]  # took a prefix of what was left
+            else:
+                taken = set(picked)
+                remaining = [j for j in remaining if j not in taken]
+        reasons = dict.fromkeys(map(names.__getitem__, picked), why)
+        reasons.update((names[j], text) for j, text in special.items())
+        size = max(1, resolve_count(stage.parallel, len(picked)))
+        batches = [picked[k : k + size] for k in range(0, len(picked), size)]
+        named = tuple(tuple(map(names.__getitem__, b)) for b in batches)
+        for b, batch in enumerate(batches):
+            where = (stage.name, b, why)
+            for j in batch:
+                placement[j] = (stage.name, b, special[j]) if j in special else where
+        deploy.extend(picked)
+        note = f"{len(picked)} host(s) in {len(batches)} batch(es) of up to {size}"
+        stages.append(StagePlan(stage.name, stage, named, reasons, note))
+    return stages, placement, deploy, remaining
+
+
+def _cover(
+    stage: Stage,
+    available: list[int],
+    take: int,
+    sigs: list[int],
+    signatures: list[Signature],
+) -> tuple[list[int], dict[int, str]]:
+    """The canary: first one host of every (OS release, group) pair among the hosts it may
+    take, in sorted pair order, then more hosts in stable order up to its count. Returns the
+    hosts and the reasons of the covering ones."""
+    first_of_sig: dict[int, int] = {}  # signature -> first position in `available`
+    for pos, j in enumerate(available):
+        if sigs[j] not in first_of_sig:
+            first_of_sig[sigs[j]] = pos
+            if len(first_of_sig) == len(signatures):
+                break
+    first: dict[tuple[str, str], int] = {}  # pair -> first position
+    for pos in sorted(first_of_sig.values()):
+        for pair in _pairs(signatures[sigs[available[pos]]]):
+            first.setdefault(pair, pos)
+    covered: set[tuple[str, str]] = set()
+    positions: list[int] = []
+    special: dict[int, str] = {}
+    for pair in sorted(first):
+        if pair in covered:
+            continue
+        pos = first[pair]
+        verb = "first host of" if len(positions) < take else "added to cover"
+        special[available[pos]] = f"{stage.name}: {verb} {pair[0]} / {pair[1]}"
+        positions.append(pos)
+        covered.update(_pairs(signatures[sigs[available[pos]]]))
+    picked = [available[pos] for pos in positions]
+    if len(picked) < take:
+        taken = set(positions)
+        more = [j for pos, j in enumerate(available[: take + len(taken)]) if pos not in taken]
+        picked += more[: take - len(picked)]
+    return picked, special
