@@ -876,11 +876,10 @@ def _run_batch(ctx: _Ctx, si: int, bi: int) -> RunSummary | None:
         allowed = ctx.expansion["failure_budget"].get("allowed")
         counted = failures + (unreachable if budget.unreachable_counts else 0)
         reason = (
-            f"failure budget exceeded in stage {stage['name']}: {counted} failed "
+            f"failure budget exceeded in stage {stage['name']}: {counted} host(s) counted "
             f"({failures} failed, {unreachable} unreachable"
             f"{'' if budget.unreachable_counts else ', not counted'}), {allowed} allowed"
         )
-        ctx.say(reason)
         with session_scope(ctx.engine) as s:
             s.add(
                 Incident(

@@ -55,7 +55,7 @@ def render_plan(expansion: dict[str, Any], *, window: str, model: str) -> None:
         s = st["settings"]
         label = (
             f"[bold]{st['name']}[/]  hosts={s['hosts']} parallel={s['parallel']} "
-            f"soak={s['soak']}s on_failure={s['on_failure']}"
+            f"soak={s['soak']} on_failure={s['on_failure']}"
             + (" approval" if s.get("approval") else "")
             + (
                 f"  checks: {', '.join(h['check'] for h in s.get('health') or [])}"

@@ -64,7 +64,7 @@ CATALOGUE: dict[str, CheckKind] = {
             critical=True,
             thresholds={
                 "error_rate": Threshold(max=5.0, max_increase=5.0),
-                "latency_ms": Threshold(max_ratio=2.0),
+                "latency_ms": Threshold(max_ratio=2.0, min_delta=20.0),
             },
         ),
         CheckKind(
@@ -121,7 +121,16 @@ CATALOGUE: dict[str, CheckKind] = {
     )
 }
 
-_THRESHOLD_KEYS = {"max", "min", "max_increase", "max_ratio", "min_effect", "alpha", "min_samples"}
+_THRESHOLD_KEYS = {
+    "max",
+    "min",
+    "max_increase",
+    "max_ratio",
+    "min_effect",
+    "min_delta",
+    "alpha",
+    "min_samples",
+}
 _HOST_RE = re.compile(r"[A-Za-z0-9_.:-]+")
 
 

@@ -15,7 +15,9 @@ ignored; a reference measurement that could not be taken is left out. The rules,
    disk free). `max_ratio`: how many times worse it may get (after / reference, or
    reference / after when lower is worse). A ratio to a reference median of 0 or less means
    nothing, so that ratio is skipped and the reason says so; a lower-is-worse metric that falls
-   to 0 or less is infinitely worse. Over a limit: Unhealthy.
+   to 0 or less is infinitely worse. Over a limit: Unhealthy. A worsening of at most
+   `min_delta` (in the metric's unit) is noise: neither relative limits nor the statistical
+   comparison count it.
 4. **Statistical comparison**, against each reference, when both sides have at least
    `min_samples` samples: a one-sided Mann–Whitney U test that the after samples are worse,
    with the rank-biserial correlation as effect size (1 when every after sample is worse than
@@ -121,6 +123,10 @@ def _absolute(m: Measurement, a: float, t: Threshold, f: _Findings) -> None:
 
 def _relative(m: Measurement, a: float, ref: _Ref, r: float, t: Threshold, f: _Findings) -> None:
     higher = m.direction == Direction.HIGHER_IS_WORSE
+    if (a - r) * int(m.direction) <= t.min_delta and t.min_delta > 0:
+        if t.max_increase is not None or (t.max_ratio is not None and r > 0):
+            f.applied = True
+        return  # a change this small is noise, whatever the ratio
     if t.max_increase is not None:
         f.applied = True
         worse_by = (a - r) * int(m.direction)
@@ -179,8 +185,13 @@ def _statistical(
             f"{ref.name}_n_ref": float(n2),
         }
     )
-    if p < t.alpha and effect >= t.min_effect:
-        a, b = statistics.median(samples), statistics.median(ref.samples)
+    a, b = statistics.median(samples), statistics.median(ref.samples)
+    if p < t.alpha and effect >= t.min_effect and (a - b) * int(m.direction) <= t.min_delta:
+        f.notes.append(
+            f"worse than {ref.name} by {_amount((a - b) * int(m.direction), m.unit)}, "
+            f"under the {_amount(t.min_delta, m.unit)} that counts"
+        )
+    elif p < t.alpha and effect >= t.min_effect:
         f.failures.append(
             f"{m.metric} worse than {ref.name}: median {_fmt(a, m.unit)} vs {_fmt(b, m.unit)}, "
             f"Mann–Whitney p={p:.2g}, effect {effect:.2f}"

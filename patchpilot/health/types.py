@@ -55,13 +55,17 @@ class Threshold:
     - `max_increase`: after minus reference, in the metric's unit ("error rate +5 points");
     - `max_ratio`: after / reference ("latency x2");
     - `min_effect`: the effect size (rank-biserial, 0..1) that the statistical comparison must
-      exceed to count as worse."""
+      exceed to count as worse;
+    - `min_delta`: the smallest worsening of the median against a reference (in the metric's
+      unit) that the relative limits and the statistical comparison count: below it a change
+      is noise, however significant (a restarted service answering in 2 ms instead of 1.5)."""
 
     max: float | None = None
     min: float | None = None
     max_increase: float | None = None
     max_ratio: float | None = None
     min_effect: float = 0.5
+    min_delta: float = 0.0
     alpha: float = 0.05
     min_samples: int = 5
 

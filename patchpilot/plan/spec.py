@@ -249,6 +249,7 @@ class ThresholdSpec(_Model):
     max_increase: float | None = Field(default=None, ge=0)
     max_ratio: float | None = Field(default=None, gt=1)
     min_effect: float | None = Field(default=None, ge=0, le=1)
+    min_delta: float | None = Field(default=None, ge=0)
     alpha: float | None = Field(default=None, gt=0, lt=1)
     min_samples: int | None = Field(default=None, ge=3, le=10_000)
 

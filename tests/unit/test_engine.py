@@ -232,7 +232,7 @@ def test_a_failing_install_is_restored_and_the_budget_decides(engine) -> None:  
     touched = [h for batch in _order(fleet, "patch") for h in batch]
     assert all(fleet.installed[h] == {"demoweb": "1.0-1"} for h in touched)
     assert all(summary.hosts[h] == "rolled_back" for h in touched)
-    assert "3 failed" in summary.message and "1 allowed" in summary.message
+    assert "3 host(s) counted" in summary.message and "1 allowed" in summary.message
 
 
 def test_rollback_runs_in_reverse_deploy_order(engine) -> None:  # type: ignore[no-untyped-def]

@@ -472,6 +472,7 @@ def test_judgement_carries_the_evidence() -> None:
         "min_effect": 0.5,
         "alpha": 0.05,
         "min_samples": 5,
+        "min_delta": 0.0,
     }
     assert (j.after, j.baseline, j.control) == (10.3, 10.25, 10.3)
 
@@ -542,3 +543,21 @@ def test_judge_host_fails_a_metric_that_disappeared_after_the_patch() -> None:
 
 def test_judge_host_with_nothing() -> None:
     assert judge_host("web1", [], baseline={}, control={}, thresholds={}) == []
+
+
+def test_a_significant_but_tiny_worsening_is_noise_under_min_delta() -> None:
+    """A restarted service answering in 2 ms instead of 1.5 ms is significant but harmless."""
+    before = Measurement("http", "latency_ms", "ms", tuple(1.4 + i * 0.01 for i in range(20)))
+    after = Measurement("http", "latency_ms", "ms", tuple(1.9 + i * 0.01 for i in range(20)))
+    strict = judge_metric(after, baseline=[before], threshold=Threshold(max_ratio=2.0))
+    assert strict.verdict == Verdict.UNHEALTHY and "Mann–Whitney" in strict.reason
+    floor = judge_metric(
+        after, baseline=[before], threshold=Threshold(max_ratio=2.0, min_delta=20.0)
+    )
+    assert floor.verdict == Verdict.HEALTHY
+    assert "under the 20 ms that counts" in floor.reason
+    slow = Measurement("http", "latency_ms", "ms", tuple(301.0 + i for i in range(20)))
+    caught = judge_metric(
+        slow, baseline=[before], threshold=Threshold(max_ratio=2.0, min_delta=20.0)
+    )
+    assert caught.verdict == Verdict.UNHEALTHY
