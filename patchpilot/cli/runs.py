@@ -87,6 +87,11 @@ def list_(ctx: typer.Context, as_json: JsonOpt = False) -> None:
 
 
 def run_detail(session: Session, run_id: str) -> dict[str, Any]:
+    if run_id == "last":
+        newest = session.exec(select(Run).order_by(col(Run.started_at).desc())).first()
+        if newest is None:
+            raise BadInputError("no runs yet", hint="start one with `patchpilot apply`")
+        run_id = newest.id
     run = session.get(Run, run_id)
     if run is None:
         raise BadInputError(f"no run {run_id!r}", hint="`patchpilot runs list` shows the runs")
@@ -171,7 +176,7 @@ def run_detail(session: Session, run_id: str) -> dict[str, Any]:
 @app.command()
 def show(
     ctx: typer.Context,
-    run_id: Annotated[str, typer.Argument(metavar="RUN_ID")],
+    run_id: Annotated[str, typer.Argument(metavar="RUN_ID", help="A run id, or `last`.")],
     as_json: JsonOpt = False,
 ) -> None:
     """A run's timeline, per-host results, verdicts with their evidence, incidents, audit."""
