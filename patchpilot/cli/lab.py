@@ -156,7 +156,7 @@ def demo_deb(
     """Build a version of the demo service package (publish it with `lab publish`)."""
     from patchpilot.lab.demo import build_demo_deb, parse_demo_spec
 
-    console.print(str(build_demo_deb(parse_demo_spec(spec), out)))
+    console.print(str(build_demo_deb(parse_demo_spec(spec), out)), soft_wrap=True)
 
 
 @fault.command("stop")

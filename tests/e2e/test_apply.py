@@ -67,8 +67,10 @@ def _stage(lab: LabFleet, *, offer: str, install: str | None = None) -> None:
 def _publish(tmp: Path, spec: str) -> None:
     out = tmp / "debs"
     out.mkdir(exist_ok=True)
-    deb = pp("lab", "demo-deb", spec, "--out", str(out)).stdout.strip().splitlines()[-1]
-    pp("lab", "publish", deb, "--no-refresh")
+    pp("lab", "demo-deb", spec, "--out", str(out))
+    version = spec.split(":")[0]
+    (deb,) = out.glob(f"demoweb_{version}_all.deb")
+    pp("lab", "publish", str(deb), "--no-refresh")
 
 
 @pytest.fixture(scope="module")
@@ -201,10 +203,12 @@ def _background_apply(lab: LabFleet, db: Path, plan: Path, log: Path) -> subproc
 
 
 def _run_hosts(db: Path) -> dict[str, str]:
-    runs = _json("--db", str(db), "runs", "list", "--json")
-    if not runs or runs[0]["status"] not in ("running",):
+    running = [
+        r for r in _json("--db", str(db), "runs", "list", "--json") if r["status"] == "running"
+    ]
+    if not running:
         return {}
-    run = _json("--db", str(db), "runs", "show", runs[0]["id"], "--json")
+    run = _json("--db", str(db), "runs", "show", running[0]["id"], "--json")
     return {h["host"]: h["status"] for h in run["hosts"]}
 
 
@@ -234,14 +238,15 @@ def test_kill_9_mid_wave_then_resume_patches_no_host_twice_and_a_second_run_is_r
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     runs = _json("--db", str(store), "runs", "list", "--json")
-    run_id = runs[0]["id"]
-    assert runs[0]["status"] == "running"  # what the store says after the crash
+    assert runs[0]["status"] == "refused"  # the second apply, recorded as refused
+    (crashed,) = [r for r in runs if r["status"] == "running"]  # what the store says now
+    run_id = crashed["id"]
     resumed = pp("--db", str(store), "apply", "--resume", run_id, "--yes", check=False)
     assert resumed.returncode == 0, resumed.stderr
     assert set(_versions(lab).values()) == {"1.4-1"}
     for h in lab.hosts:
         assert _installs(lab, h, "1.4-1") == 1, f"{h} was patched more than once"
-    run = _last_run(store)
+    run = _json("--db", str(store), "runs", "show", run_id, "--json")
     assert run["status"] == "succeeded"
     assert [a["action"] for a in run["audit"]].count("resume") == 1
 
