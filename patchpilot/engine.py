@@ -1002,11 +1002,33 @@ def _rollback(
             with _step(ctx, "verify", stage=stage, batch=batch, hosts=verify_hosts) as d:
                 after = ctx.ops.measure(specs, verify_hosts, since=None)
                 d["measurements"] = _measurements_to_json(after)
-                ok = {}
+                d["verdicts"] = {}
+                by_name = {spec.name: spec for spec in specs}
                 for h in verify_hosts:
-                    bad = [m for m in after.get(h, []) if m.error]
-                    ok[h] = not bad
-                d["measured"] = ok
+                    host_rows = [r for r in group if r.host == h]
+                    base = _baseline_of(ctx, host_rows[0]) if host_rows else {}
+                    mine = after.get(h, [])
+                    thresholds = {
+                        (m.check, m.metric): (
+                            by_name[m.check].threshold(m.metric)
+                            if m.check in by_name
+                            else Threshold(min=1)
+                        )
+                        for m in mine
+                    }
+                    hv = host_verdict(
+                        h,
+                        judge_host(h, mine, baseline=base, control={}, thresholds=thresholds),
+                        verdict_policy(ctx.spec),
+                    )
+                    d["verdicts"][h] = hv.to_dict()
+                    if hv.verdict == Verdict.UNHEALTHY:
+                        _update_host(
+                            ctx,
+                            h,
+                            message=f"rolled back, but still unhealthy: {hv.reason}",
+                        )
+                        ctx.say(f"  {h}: rolled back, but still unhealthy: {hv.reason}")
         with session_scope(ctx.engine) as s:
             s.add(
                 Incident(
@@ -1019,6 +1041,16 @@ def _rollback(
                 )
             )
             audit(s, "rollback", run_id=ctx.run_id, hosts=list(restore), reason=reason)
+
+
+def _baseline_of(ctx: _Ctx, row: RunHost) -> dict[tuple[str, str], list[Measurement]]:
+    """The host's own measurements from before its patch, keyed for the judge."""
+    saved = _saved_baseline(ctx, row.stage, row.batch) or {}
+    mine = _measurements_from_json(saved.get("measurements", {})).get(row.host, [])
+    out: dict[tuple[str, str], list[Measurement]] = {}
+    for m in mine:
+        out.setdefault((m.check, m.metric), []).append(m)
+    return out
 
 
 def _artifacts(ctx: _Ctx, host: str) -> dict[str, str]:

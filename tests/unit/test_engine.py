@@ -30,7 +30,15 @@ from patchpilot.plan.frozen import freeze, inventory_snapshot
 from patchpilot.plan.spec import parse_plan
 from patchpilot.settings import db_url
 from patchpilot.store.db import open_store, session_scope
-from patchpilot.store.models import AuditEvent, HostLock, PatchOutcome, Run, RunHost, RunStep
+from patchpilot.store.models import (
+    AuditEvent,
+    HostLock,
+    PatchOutcome,
+    Run,
+    RunHost,
+    RunStep,
+    RunVerdict,
+)
 
 NOW = datetime(2026, 11, 22, 3, 0, tzinfo=UTC)
 
@@ -397,3 +405,39 @@ def test_check_mode_changes_nothing(engine) -> None:  # type: ignore[no-untyped-
 def _only_run(engine) -> str:  # type: ignore[no-untyped-def]
     with session_scope(engine) as s:
         return s.exec(select(Run)).one().id
+
+
+def test_shadow_mode_records_what_it_would_do_and_goes_on(engine) -> None:  # type: ignore[no-untyped-def]
+    text = PLAN.format(budget="{hosts: 0}") + "health_policy: {shadow: true}\n"
+    spec = parse_plan(text, source="shadow.yml")
+    hosts = [PlanHost(f"web{i:02d}", ("web",), "debian 12 bookworm") for i in range(1, 4)]
+    updates = {
+        h.name: [
+            PlanUpdate("demoweb", "all", "1.0-1", "1.1-1", "demoweb", False, False, False, NOW)
+        ]
+        for h in hosts
+    }
+    expanded = expand_plan(spec, hosts, updates, {}, now=NOW)
+    data = freeze(
+        expanded, spec, inventory_snapshot=inventory_snapshot(hosts, expanded), created_at=NOW
+    )
+    fleet = _fleet(3, broken={"1.1-1"})
+    summary = start_run(engine, spec, data, inventory="inv", ops=fleet, opts=_opts())
+    assert summary.status == "succeeded"  # nothing acted on
+    assert all(v == {"demoweb": "1.1-1"} for v in fleet.installed.values())
+    assert not _order(fleet, "rollback")
+    with session_scope(engine) as s:
+        verdicts = s.exec(select(RunVerdict)).all()
+        assert verdicts and all(v.shadow and v.verdict == "unhealthy" for v in verdicts)
+        assert all(v.action == "would rollback failed hosts" for v in verdicts)
+        assert s.exec(select(Run)).one().shadow
+
+
+def test_a_rollback_is_verified_against_the_baseline(engine) -> None:  # type: ignore[no-untyped-def]
+    spec, data = _frozen(3)
+    fleet = _fleet(3, broken={"1.1-1"})
+    start_run(engine, spec, data, inventory="inv", ops=fleet, opts=_opts())
+    with session_scope(engine) as s:
+        (verify,) = s.exec(select(RunStep).where(RunStep.kind == "verify")).all()
+        (host,) = verify.hosts
+        assert verify.detail["verdicts"][host]["verdict"] == "healthy"
