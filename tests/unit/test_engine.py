@@ -441,3 +441,26 @@ def test_a_rollback_is_verified_against_the_baseline(engine) -> None:  # type: i
         (verify,) = s.exec(select(RunStep).where(RunStep.kind == "verify")).all()
         (host,) = verify.hosts
         assert verify.detail["verdicts"][host]["verdict"] == "healthy"
+
+
+def test_a_stage_without_checks_is_judged_by_its_installs(engine) -> None:  # type: ignore[no-untyped-def]
+    text = PLAN.format(budget="{hosts: 0}")
+    check = '      - {check: http, params: {url: "http://127.0.0.1:8080/"}, critical: true}\n'
+    text = text.replace("    health:\n" + check, "")
+    assert "health" not in text
+    spec = parse_plan(text, source="nochecks.yml")
+    hosts = [PlanHost(f"web{i:02d}", ("web",), "debian 12 bookworm") for i in range(1, 4)]
+    updates = {
+        h.name: [
+            PlanUpdate("demoweb", "all", "1.0-1", "1.1-1", "demoweb", False, False, False, NOW)
+        ]
+        for h in hosts
+    }
+    expanded = expand_plan(spec, hosts, updates, {}, now=NOW)
+    data = freeze(
+        expanded, spec, inventory_snapshot=inventory_snapshot(hosts, expanded), created_at=NOW
+    )
+    fleet = _fleet(3)
+    summary = start_run(engine, spec, data, inventory="inv", ops=fleet, opts=_opts())
+    assert summary.status == "succeeded"
+    assert not _order(fleet, "measure")
