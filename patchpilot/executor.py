@@ -78,6 +78,10 @@ def _env() -> dict[str, str]:
     if "ANSIBLE_SSH_ARGS" not in os.environ:
         env["ANSIBLE_SSH_ARGS"] = DEFAULT_SSH_ARGS
     env.setdefault("ANSIBLE_NOCOLOR", "1")
+    # One SSH round trip per task instead of several (needs no `requiretty` in sudoers, the
+    # default on Debian); a user's own setting wins.
+    if "ANSIBLE_PIPELINING" not in os.environ:
+        env["ANSIBLE_PIPELINING"] = "True"
     # A source Ansible cannot parse is an error, not a warning and a smaller fleet.
     env["ANSIBLE_INVENTORY_ANY_UNPARSED_IS_FAILED"] = "True"
     return env
