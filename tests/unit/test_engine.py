@@ -464,3 +464,67 @@ def test_a_stage_without_checks_is_judged_by_its_installs(engine) -> None:  # ty
     summary = start_run(engine, spec, data, inventory="inv", ops=fleet, opts=_opts())
     assert summary.status == "succeeded"
     assert not _order(fleet, "measure")
+
+
+def _frozen_text(text: str, n: int = 3) -> tuple[Any, dict[str, Any]]:
+    spec = parse_plan(text, source="t.yml")
+    hosts = [PlanHost(f"web{i:02d}", ("web",), "debian 12 bookworm") for i in range(1, n + 1)]
+    updates = {
+        h.name: [
+            PlanUpdate("demoweb", "all", "1.0-1", "1.1-1", "demoweb", False, False, False, NOW)
+        ]
+        for h in hosts
+    }
+    expanded = expand_plan(spec, hosts, updates, {}, now=NOW)
+    return spec, freeze(
+        expanded, spec, inventory_snapshot=inventory_snapshot(hosts, expanded), created_at=NOW
+    )
+
+
+WINDOW = "window: {{cron: '{cron}', duration: 1h, timezone: UTC}}\n"
+
+
+def test_no_run_starts_outside_the_maintenance_window(engine) -> None:  # type: ignore[no-untyped-def]
+    # NOW is 03:00 UTC; the window opens at 04:00.
+    spec, data = _frozen_text(PLAN.format(budget="{hosts: 0}") + WINDOW.format(cron="0 4 * * *"))
+    fleet = _fleet(3)
+    with pytest.raises(BadInputError) as exc:
+        start_run(engine, spec, data, inventory="inv", ops=fleet, opts=_opts())
+    assert "outside the maintenance window" in exc.value.message
+    assert "04:00" in (exc.value.hint or "")
+    assert not fleet.calls
+    with session_scope(engine) as s:
+        assert s.exec(select(Run)).all() == []
+
+
+def test_no_new_stage_starts_after_the_window_ends(engine) -> None:  # type: ignore[no-untyped-def]
+    # The window 02:30-03:30 is open at the start; the clock then jumps past its end.
+    spec, data = _frozen_text(PLAN.format(budget="{hosts: 0}") + WINDOW.format(cron="30 2 * * *"))
+    fleet = _fleet(3)
+
+    def clock() -> datetime:
+        return NOW.replace(hour=4) if _order(fleet, "patch") else NOW
+
+    summary = start_run(
+        engine,
+        spec,
+        data,
+        inventory="inv",
+        ops=fleet,
+        opts=ApplyOptions(now=clock, sleep=lambda _s: None),
+    )
+    assert summary.status == "paused" and "maintenance window has ended" in summary.message
+    assert len(_order(fleet, "patch")) == 1  # the canary stage ran, the next did not start
+
+
+def test_an_emergency_plan_is_audited_as_such(engine) -> None:  # type: ignore[no-untyped-def]
+    spec, data = _frozen_text(PLAN.format(budget="{hosts: 0}") + "emergency: true\n")
+    messages: list[str] = []
+    start_run(
+        engine, spec, data, inventory="inv", ops=_fleet(3), opts=_opts(progress=messages.append)
+    )
+    with session_scope(engine) as s:
+        (first, *_rest) = s.exec(select(AuditEvent).order_by(col(AuditEvent.id))).all()
+        assert first.action == "apply emergency plan" and first.detail["emergency"] is True
+        assert s.exec(select(Run)).one().emergency
+    assert any("EMERGENCY" in m for m in messages)
