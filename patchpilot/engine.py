@@ -65,6 +65,10 @@ class ApplyOptions:
     interactive: bool = False
     confirm: Callable[[str], bool] | None = None  # asks a human; None when unattended
     progress: Callable[[str], None] = field(default=lambda _msg: None)
+    # The step now running, for a live display: (stage name, "batch i/n", step, hosts).
+    on_step: Callable[[str, str, str, Sequence[str]], None] = field(
+        default=lambda _stage, _batch, _step, _hosts: None
+    )
     now: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
     sleep: Callable[[float], None] = time.sleep
 
@@ -233,6 +237,16 @@ def _step(
     **detail: Any,
 ) -> Iterator[dict[str, Any]]:
     """A journal entry: written (committed) before the step, then again after it."""
+    stages = ctx.stages
+    if stage is not None and 0 <= stage < len(stages):
+        n = len(stages[stage]["batches"])
+        where = (
+            stages[stage]["name"],
+            f"batch {(batch or 0) + 1}/{n}" if batch is not None else "",
+        )
+    else:
+        where = ("", "")
+    ctx.opts.on_step(where[0], where[1], kind, list(hosts))
     with session_scope(ctx.engine) as s:
         row = RunStep(
             run_id=ctx.run_id, stage=stage, batch=batch, kind=kind, hosts=list(hosts), detail=detail

@@ -100,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = app(args=args, prog_name="patchpilot", standalone_mode=False)
     except PatchpilotError as exc:
+        apply_cmd.stop_status()
         if debug:
             log.exception("error")
         print_error(exc.message, exc.hint)
@@ -114,9 +115,11 @@ def main(argv: list[str] | None = None) -> int:
             print_error(exc.format_message())
         return ExitCode.BAD_INPUT if exc.exit_code == 2 else exc.exit_code
     except (typer.Abort, KeyboardInterrupt):
+        apply_cmd.stop_status()
         print_error("interrupted")
         return ExitCode.INTERRUPTED
     except Exception as exc:  # the boundary: anything else is a bug
+        apply_cmd.stop_status()
         if debug:
             raise
         print_error(
@@ -124,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
             hint="run again with --debug for the traceback, and report it",
         )
         return ExitCode.INTERNAL
+    apply_cmd.stop_status()
     return result if isinstance(result, int) else ExitCode.OK
 
 

@@ -4,6 +4,7 @@ planning and the engine."""
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -157,15 +158,53 @@ def _options(ctx: typer.Context, *, check: bool, yes: bool) -> ApplyOptions:
     def confirm(question: str) -> bool:
         return Confirm.ask(question, console=err_console, default=False)
 
+    status = _LiveStatus() if err_console.is_terminal else None
+    if status is not None:
+        _STATUS.append(status)
+
+    def on_step(stage: str, batch: str, step: str, hosts: Sequence[str]) -> None:
+        if status is not None:
+            shown = " ".join(hosts[:6]) + (f" +{len(hosts) - 6}" if len(hosts) > 6 else "")
+            status.update(f"{stage} {batch} [bold]{step}[/] {shown}".strip())
+
     return ApplyOptions(
         check=check,
         interactive=interactive,
         confirm=confirm if interactive and not yes else None,
         progress=progress,
+        on_step=on_step,
     )
 
 
+class _LiveStatus:
+    """A spinner line under the log, on a terminal: wave, batch, step and hosts now running."""
+
+    def __init__(self) -> None:
+        self._status = err_console.status("starting")
+        self._started = False
+
+    def update(self, text: str) -> None:
+        if not self._started:
+            self._status.start()
+            self._started = True
+        self._status.update(text)
+
+    def stop(self) -> None:
+        if self._started:
+            self._status.stop()
+            self._started = False
+
+
+_STATUS: list[_LiveStatus] = []
+
+
+def stop_status() -> None:
+    while _STATUS:
+        _STATUS.pop().stop()
+
+
 def _exit(summary: RunSummary) -> None:
+    stop_status()
     info(f"run {summary.run_id}: {summary.status}: {summary.message}")
     if summary.exit_code != ExitCode.OK:
         raise typer.Exit(int(summary.exit_code))
