@@ -29,7 +29,7 @@ from patchpilot.fleetops import FleetOps
 from patchpilot.health.checks import CheckSpec, validate_check
 from patchpilot.health.judge import judge_host
 from patchpilot.health.policy import VerdictPolicy, batch_verdict, host_verdict
-from patchpilot.health.types import Measurement, Threshold, Verdict
+from patchpilot.health.types import HostVerdict, Measurement, Threshold, Verdict
 from patchpilot.plan.expand import budget_exceeded
 from patchpilot.plan.spec import FailureBudget, PlanSpec, parse_duration, plan_from_dict
 from patchpilot.plan.window import in_window, next_window
@@ -616,26 +616,40 @@ def _measurements_to_json(data: Mapping[str, Sequence[Measurement]]) -> dict[str
 
 
 def _measurements_from_json(data: Mapping[str, Any]) -> dict[str, list[Measurement]]:
-    from patchpilot.health.types import Direction
+    return {h: [Measurement.from_dict(m) for m in ms] for h, ms in data.items()}
 
-    out: dict[str, list[Measurement]] = {}
-    for h, ms in data.items():
-        out[h] = [
-            Measurement(
-                check=m["check"],
-                metric=m["metric"],
-                unit=m["unit"],
-                samples=tuple(m["samples"]),
-                direction=Direction.LOWER_IS_WORSE
-                if m["direction"] == "lower_is_worse"
-                else Direction.HIGHER_IS_WORSE,
-                critical=m["critical"],
-                error=m.get("error"),
-                lines=tuple(m.get("lines") or ()),
-            )
-            for m in ms
-        ]
+
+def _keyed(measurements: Sequence[Measurement]) -> dict[tuple[str, str], list[Measurement]]:
+    """Measurements by (check, metric), as the judge takes references."""
+    out: dict[tuple[str, str], list[Measurement]] = {}
+    for m in measurements:
+        out.setdefault((m.check, m.metric), []).append(m)
     return out
+
+
+def _judge(
+    ctx: _Ctx,
+    host: str,
+    after: Sequence[Measurement],
+    *,
+    baseline: Sequence[Measurement],
+    control: Sequence[Measurement],
+    specs: Sequence[CheckSpec],
+) -> HostVerdict:
+    """One host's verdict under the plan's policy, each metric held to its check's
+    thresholds (a metric no check of the stage owns, such as an unreachable host's ssh, must
+    be at least 1)."""
+    by_name = {spec.name: spec for spec in specs}
+    thresholds = {
+        (m.check, m.metric): (
+            by_name[m.check].threshold(m.metric) if m.check in by_name else Threshold(min=1)
+        )
+        for m in after
+    }
+    judgements = judge_host(
+        host, after, baseline=_keyed(baseline), control=_keyed(control), thresholds=thresholds
+    )
+    return host_verdict(host, judgements, verdict_policy(ctx.spec))
 
 
 def _saved_baseline(ctx: _Ctx, stage: int, batch: int) -> dict[str, Any] | None:
@@ -809,27 +823,18 @@ def _run_batch(ctx: _Ctx, si: int, bi: int) -> RunSummary | None:
     # 6. The verdict.
     policy = verdict_policy(ctx.spec)
     shadow = ctx.shadow
-    verdicts = []
-    control_pool: dict[tuple[str, str], list[Measurement]] = {}
-    for c in controls:
-        for m in after.get(c, []):
-            control_pool.setdefault((m.check, m.metric), []).append(m)
-    by_name = {spec.name: spec for spec in specs}
-
-    def threshold_for(m: Measurement) -> Threshold:
-        spec_for = by_name.get(m.check)
-        return spec_for.threshold(m.metric) if spec_for else Threshold(min=1)
-
-    for r in patched if specs else []:  # no checks: the install alone decides
-        mine = after.get(r.host, [])
-        thresholds = {(m.check, m.metric): threshold_for(m) for m in mine}
-        base: dict[tuple[str, str], list[Measurement]] = {}
-        for m in baseline.get(r.host, []):
-            base.setdefault((m.check, m.metric), []).append(m)
-        judgements = judge_host(
-            r.host, mine, baseline=base, control=control_pool, thresholds=thresholds
+    control = [m for c in controls for m in after.get(c, [])]
+    verdicts = [
+        _judge(
+            ctx,
+            r.host,
+            after.get(r.host, []),
+            baseline=baseline.get(r.host, []),
+            control=control,
+            specs=specs,
         )
-        verdicts.append(host_verdict(r.host, judgements, policy))
+        for r in (patched if specs else [])  # no checks: the install alone decides
+    ]
     bv = batch_verdict(verdicts, policy) if verdicts else None
     unhealthy = {v.host for v in verdicts if v.verdict == Verdict.UNHEALTHY}
     unclear = [v for v in verdicts if v.verdict in (Verdict.DEGRADED, Verdict.INCONCLUSIVE)]
@@ -1017,23 +1022,17 @@ def _rollback(
                 after = ctx.ops.measure(specs, verify_hosts, since=None)
                 d["measurements"] = _measurements_to_json(after)
                 d["verdicts"] = {}
-                by_name = {spec.name: spec for spec in specs}
-                for h in verify_hosts:
-                    host_rows = [r for r in group if r.host == h]
-                    base = _baseline_of(ctx, host_rows[0]) if host_rows else {}
-                    mine = after.get(h, [])
-                    thresholds = {
-                        (m.check, m.metric): (
-                            by_name[m.check].threshold(m.metric)
-                            if m.check in by_name
-                            else Threshold(min=1)
-                        )
-                        for m in mine
-                    }
-                    hv = host_verdict(
+                for r in group:
+                    if r.host not in verify_hosts:
+                        continue
+                    h = r.host
+                    hv = _judge(
+                        ctx,
                         h,
-                        judge_host(h, mine, baseline=base, control={}, thresholds=thresholds),
-                        verdict_policy(ctx.spec),
+                        after.get(h, []),
+                        baseline=_baseline_of(ctx, r),
+                        control=[],
+                        specs=specs,
                     )
                     d["verdicts"][h] = hv.to_dict()
                     if hv.verdict == Verdict.UNHEALTHY:
@@ -1057,14 +1056,10 @@ def _rollback(
             audit(s, "rollback", run_id=ctx.run_id, hosts=list(restore), reason=reason)
 
 
-def _baseline_of(ctx: _Ctx, row: RunHost) -> dict[tuple[str, str], list[Measurement]]:
-    """The host's own measurements from before its patch, keyed for the judge."""
+def _baseline_of(ctx: _Ctx, row: RunHost) -> list[Measurement]:
+    """The host's own measurements from before its patch."""
     saved = _saved_baseline(ctx, row.stage, row.batch) or {}
-    mine = _measurements_from_json(saved.get("measurements", {})).get(row.host, [])
-    out: dict[tuple[str, str], list[Measurement]] = {}
-    for m in mine:
-        out.setdefault((m.check, m.metric), []).append(m)
-    return out
+    return _measurements_from_json(saved.get("measurements", {})).get(row.host, [])
 
 
 def _artifacts(ctx: _Ctx, host: str) -> dict[str, str]:

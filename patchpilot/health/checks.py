@@ -224,9 +224,7 @@ def measurements_from_result(
                     metric=str(m["metric"]),
                     unit=str(m.get("unit", "")),
                     samples=tuple(float(x) for x in m.get("samples", [])),
-                    direction=Direction.LOWER_IS_WORSE
-                    if m.get("direction") == "lower_is_worse"
-                    else Direction.HIGHER_IS_WORSE,
+                    direction=Direction.parse(m.get("direction")),
                     critical=spec.is_critical,
                     error=m.get("error"),
                     lines=tuple(str(x) for x in m.get("lines", [])),
@@ -267,11 +265,7 @@ def prometheus_measurement(spec: CheckSpec, host: str, *, fetch: Fetch = _fetch)
     params = spec.params
     base = str(params["url"]).rstrip("/")
     query = str(params["query"]).replace("$host", host)
-    direction = (
-        Direction.LOWER_IS_WORSE
-        if params.get("direction") == "lower_is_worse"
-        else Direction.HIGHER_IS_WORSE
-    )
+    direction = Direction.parse(params.get("direction"))
     url = f"{base}/api/v1/query?{urllib.parse.urlencode({'query': query})}"
 
     def make(samples: tuple[float, ...], error: str | None = None) -> Measurement:

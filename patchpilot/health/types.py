@@ -3,6 +3,7 @@ evidence with every verdict)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from enum import IntEnum
 from typing import Any
@@ -27,6 +28,11 @@ class Direction(IntEnum):
     HIGHER_IS_WORSE = 1  # latency, error rate, failed units, journal errors, load
     LOWER_IS_WORSE = -1  # memory available, disk free, success share
 
+    @classmethod
+    def parse(cls, text: object) -> Direction:
+        """The module's and the evidence's spelling: "lower_is_worse", else higher."""
+        return cls.LOWER_IS_WORSE if text == "lower_is_worse" else cls.HIGHER_IS_WORSE
+
 
 @dataclass(frozen=True)
 class Measurement:
@@ -46,6 +52,20 @@ class Measurement:
         d = asdict(self)
         d["direction"] = self.direction.name.lower()
         return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Measurement:
+        """The inverse of to_dict (evidence stored with a run)."""
+        return cls(
+            check=d["check"],
+            metric=d["metric"],
+            unit=d["unit"],
+            samples=tuple(d["samples"]),
+            direction=Direction.parse(d["direction"]),
+            critical=d["critical"],
+            error=d.get("error"),
+            lines=tuple(d.get("lines") or ()),
+        )
 
 
 @dataclass(frozen=True)
