@@ -11,25 +11,17 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from patchpilot.cli.context import state
+from patchpilot.cli.context import risk_thresholds, state
 from patchpilot.cli.inventory import JsonOpt
 from patchpilot.console import console, err_console, info, print_json
 from patchpilot.errors import BadInputError, ExitCode
 
 if TYPE_CHECKING:
     from patchpilot.engine import ApplyOptions, RunSummary
-    from patchpilot.risk.score import Thresholds
 
 InventoryOpt = Annotated[
     Path, typer.Option("-i", "--inventory", help="Ansible inventory: file, directory or script.")
 ]
-
-
-def _thresholds(ctx: typer.Context) -> Thresholds:
-    from patchpilot.risk.score import Thresholds
-
-    s = state(ctx).settings
-    return Thresholds(medium=s.risk_medium, high=s.risk_high)
 
 
 def _next_window(spec: Any, now: datetime) -> str:
@@ -118,7 +110,7 @@ def plan(
 
     now = datetime.now(UTC)
     built = build_plan(
-        state(ctx).engine(), plan_file, inventory, thresholds=_thresholds(ctx), now=now
+        state(ctx).engine(), plan_file, inventory, thresholds=risk_thresholds(ctx), now=now
     )
     if out is not None:
         try:
@@ -255,7 +247,7 @@ def apply(
         spec = frozen.spec
         info(f"frozen plan {spec.name} (sha256 {frozen.sha256[:16]}...), made {frozen.created_at}")
     else:
-        built = build_plan(engine, plan_file, inventory, thresholds=_thresholds(ctx))
+        built = build_plan(engine, plan_file, inventory, thresholds=risk_thresholds(ctx))
         spec, data = built.spec, built.frozen
     n_hosts = len(data["expansion"]["hosts"])
     n_updates = sum(len(h["updates"]) for h in data["expansion"]["hosts"])

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from sqlalchemy.engine import Engine
 
 from patchpilot.settings import Settings, load_settings
 from patchpilot.store.db import open_store
+
+if TYPE_CHECKING:  # scikit-learn and pandas load only when a command needs them
+    from patchpilot.risk.score import Thresholds
 
 
 @dataclass
@@ -31,6 +35,14 @@ class AppState:
         if self._engine is None:
             self._engine = open_store(self.settings.db)
         return self._engine
+
+
+def risk_thresholds(ctx: typer.Context) -> Thresholds:
+    """The risk levels' cut-offs from the settings (risk_medium, risk_high)."""
+    from patchpilot.risk.score import Thresholds
+
+    s = state(ctx).settings
+    return Thresholds(medium=s.risk_medium, high=s.risk_high)
 
 
 def state(ctx: typer.Context) -> AppState:

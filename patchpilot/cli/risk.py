@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from patchpilot.cli.context import state
+from patchpilot.cli.context import risk_thresholds, state
 from patchpilot.cli.inventory import JsonOpt
 from patchpilot.console import info, print_json, print_table
 from patchpilot.errors import BadInputError
@@ -17,7 +17,6 @@ from patchpilot.store.db import session_scope
 if TYPE_CHECKING:  # heavy imports (scikit-learn, pandas) wait until a command needs them
     import pandas as pd
 
-    from patchpilot.risk.score import Thresholds
 
 app = typer.Typer(help="Patch risk: scores, evaluation, training.", no_args_is_help=True)
 
@@ -31,13 +30,6 @@ def _date(value: str, option: str) -> date:
         ) from exc
 
 
-def _thresholds(ctx: typer.Context) -> Thresholds:
-    from patchpilot.risk.score import Thresholds
-
-    s = state(ctx).settings
-    return Thresholds(medium=s.risk_medium, high=s.risk_high)
-
-
 @app.command()
 def score(
     ctx: typer.Context,
@@ -47,7 +39,7 @@ def score(
     """Per pending update: probability of a regression, interval, level, strategy, reasons."""
     from patchpilot.risk.score import score_pending
 
-    thresholds = _thresholds(ctx)
+    thresholds = risk_thresholds(ctx)
     with session_scope(state(ctx).engine()) as s:
         scored, version = score_pending(s, thresholds=thresholds, host=host)
     if as_json:

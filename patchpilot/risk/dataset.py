@@ -15,6 +15,7 @@ import pandas as pd
 from debian.debian_support import Version
 
 from patchpilot.errors import BadInputError
+from patchpilot.patches import upstream_version
 from patchpilot.risk.advisories import Advisory, AdvisoryRevision, label_advisories
 from patchpilot.risk.features import HistoryEvent, package_family, reboot_implied
 
@@ -37,7 +38,7 @@ _NEW_UPSTREAM_REVISION = re.compile(r"^[01](?:[~+].*)?$")
 
 def _upstream(version: str) -> str | None:
     try:
-        return str(Version(version).upstream_version)
+        return upstream_version(version)
     except ValueError:
         return None
 
