@@ -69,6 +69,16 @@ def parse_versions(stdout: str) -> dict[str, str]:
     return out
 
 
+def _read_versions(
+    out: dict[str, HostResult], events: Mapping[str, Sequence[executor.HostEvent]]
+) -> None:
+    """The versions patch.yml and rollback.yml read back in their last task."""
+    for h, result in out.items():
+        for ev in events.get(h, []):
+            if ev.task == "Installed versions afterwards" and ev.kind == "ok":
+                result.versions = parse_versions(str(ev.result.get("stdout", "")))
+
+
 class AnsibleOps:
     """The real operations: playbooks/*.yml through ansible-runner."""
 
@@ -146,10 +156,9 @@ class AnsibleOps:
             },
             check=check,
         )
+        _read_versions(out, events)
         for h in hosts:
             for ev in events.get(h, []):
-                if ev.task == "Installed versions afterwards" and ev.kind == "ok":
-                    out[h].versions = parse_versions(str(ev.result.get("stdout", "")))
                 if ev.action.endswith("reboot") and ev.kind == "ok":
                     out[h].rebooted = bool(ev.result.get("rebooted"))
         return out
@@ -171,10 +180,7 @@ class AnsibleOps:
                 "patchpilot_lock_timeout": lock_timeout,
             },
         )
-        for h in hosts:
-            for ev in events.get(h, []):
-                if ev.task == "Installed versions afterwards" and ev.kind == "ok":
-                    out[h].versions = parse_versions(str(ev.result.get("stdout", "")))
+        _read_versions(out, events)
         return out
 
     def measure(

@@ -111,9 +111,9 @@ def update_items(rows: Sequence[PendingUpdate], *, now: datetime) -> pd.DataFram
     )
 
 
-def _plural(n: float, word: str) -> str:
+def _plural(n: float, word: str, plural: str | None = None) -> str:
     k = round(n)
-    return f"{k} {word}" if k == 1 else f"{k} {word}s"
+    return f"{k} {word}" if k == 1 else f"{k} {plural or word + 's'}"
 
 
 class _Row:
@@ -141,9 +141,8 @@ def _reason(feature: str, item: Any, ctx: Any) -> str | None:
     if feature.startswith("urgency_"):
         return f"changelog urgency {feature[8:]}"
     if feature == "entries_log":
-        return f"{_plural(item.entries, 'changelog entry')} since the installed version".replace(
-            "entrys", "entries"
-        )
+        entries = _plural(item.entries, "changelog entry", "changelog entries")
+        return f"{entries} since the installed version"
     if feature == "release_updates_log":
         return f"update #{release_update_number(item.version)} of {family} in its release"
     if feature in ("days_prev_log", "first_update"):

@@ -165,8 +165,9 @@ failure_budget: {budget}
 """
 
 
-def _frozen(n: int, budget: str = "{hosts: 0}", *, to: str = "1.1-1") -> tuple[Any, dict[str, Any]]:
-    spec = parse_plan(PLAN.format(budget=budget), source="test.yml")
+def _frozen_text(text: str, n: int = 3, *, to: str = "1.1-1") -> tuple[Any, dict[str, Any]]:
+    """A plan (YAML text) frozen over n web hosts, each with demoweb 1.0-1 -> `to` pending."""
+    spec = parse_plan(text, source="test.yml")
     hosts = [PlanHost(f"web{i:02d}", ("web",), "debian 12 bookworm") for i in range(1, n + 1)]
     updates = {
         h.name: [PlanUpdate("demoweb", "all", "1.0-1", to, "demoweb", False, False, False, NOW)]
@@ -177,6 +178,10 @@ def _frozen(n: int, budget: str = "{hosts: 0}", *, to: str = "1.1-1") -> tuple[A
         expanded, spec, inventory_snapshot=inventory_snapshot(hosts, expanded), created_at=NOW
     )
     return spec, data
+
+
+def _frozen(n: int, budget: str = "{hosts: 0}", *, to: str = "1.1-1") -> tuple[Any, dict[str, Any]]:
+    return _frozen_text(PLAN.format(budget=budget), n, to=to)
 
 
 def _fleet(n: int, **kw: Any) -> FakeFleet:
@@ -366,22 +371,10 @@ def test_unclear_health_pauses_and_approve_continues(engine) -> None:  # type: i
 
 
 def test_abort_stops_a_paused_run_and_frees_its_hosts(engine) -> None:  # type: ignore[no-untyped-def]
-    spec2 = parse_plan(
+    spec2, data2 = _frozen_text(
         PLAN.format(budget="{hosts: 0}").replace(
             "after: [canary]", "after: [canary]\n    approval: true"
-        ),
-        source="t.yml",
-    )
-    hosts = [PlanHost(f"web{i:02d}", ("web",), "debian 12 bookworm") for i in range(1, 4)]
-    updates = {
-        h.name: [
-            PlanUpdate("demoweb", "all", "1.0-1", "1.1-1", "demoweb", False, False, False, NOW)
-        ]
-        for h in hosts
-    }
-    expanded = expand_plan(spec2, hosts, updates, {}, now=NOW)
-    data2 = freeze(
-        expanded, spec2, inventory_snapshot=inventory_snapshot(hosts, expanded), created_at=NOW
+        )
     )
     summary = start_run(engine, spec2, data2, inventory="inv", ops=_fleet(3), opts=_opts())
     assert summary.status == "paused" and "needs approval" in summary.message
@@ -408,19 +401,7 @@ def _only_run(engine) -> str:  # type: ignore[no-untyped-def]
 
 
 def test_shadow_mode_records_what_it_would_do_and_goes_on(engine) -> None:  # type: ignore[no-untyped-def]
-    text = PLAN.format(budget="{hosts: 0}") + "health_policy: {shadow: true}\n"
-    spec = parse_plan(text, source="shadow.yml")
-    hosts = [PlanHost(f"web{i:02d}", ("web",), "debian 12 bookworm") for i in range(1, 4)]
-    updates = {
-        h.name: [
-            PlanUpdate("demoweb", "all", "1.0-1", "1.1-1", "demoweb", False, False, False, NOW)
-        ]
-        for h in hosts
-    }
-    expanded = expand_plan(spec, hosts, updates, {}, now=NOW)
-    data = freeze(
-        expanded, spec, inventory_snapshot=inventory_snapshot(hosts, expanded), created_at=NOW
-    )
+    spec, data = _frozen_text(PLAN.format(budget="{hosts: 0}") + "health_policy: {shadow: true}\n")
     fleet = _fleet(3, broken={"1.1-1"})
     summary = start_run(engine, spec, data, inventory="inv", ops=fleet, opts=_opts())
     assert summary.status == "succeeded"  # nothing acted on
@@ -448,37 +429,11 @@ def test_a_stage_without_checks_is_judged_by_its_installs(engine) -> None:  # ty
     check = '      - {check: http, params: {url: "http://127.0.0.1:8080/"}, critical: true}\n'
     text = text.replace("    health:\n" + check, "")
     assert "health" not in text
-    spec = parse_plan(text, source="nochecks.yml")
-    hosts = [PlanHost(f"web{i:02d}", ("web",), "debian 12 bookworm") for i in range(1, 4)]
-    updates = {
-        h.name: [
-            PlanUpdate("demoweb", "all", "1.0-1", "1.1-1", "demoweb", False, False, False, NOW)
-        ]
-        for h in hosts
-    }
-    expanded = expand_plan(spec, hosts, updates, {}, now=NOW)
-    data = freeze(
-        expanded, spec, inventory_snapshot=inventory_snapshot(hosts, expanded), created_at=NOW
-    )
+    spec, data = _frozen_text(text)
     fleet = _fleet(3)
     summary = start_run(engine, spec, data, inventory="inv", ops=fleet, opts=_opts())
     assert summary.status == "succeeded"
     assert not _order(fleet, "measure")
-
-
-def _frozen_text(text: str, n: int = 3) -> tuple[Any, dict[str, Any]]:
-    spec = parse_plan(text, source="t.yml")
-    hosts = [PlanHost(f"web{i:02d}", ("web",), "debian 12 bookworm") for i in range(1, n + 1)]
-    updates = {
-        h.name: [
-            PlanUpdate("demoweb", "all", "1.0-1", "1.1-1", "demoweb", False, False, False, NOW)
-        ]
-        for h in hosts
-    }
-    expanded = expand_plan(spec, hosts, updates, {}, now=NOW)
-    return spec, freeze(
-        expanded, spec, inventory_snapshot=inventory_snapshot(hosts, expanded), created_at=NOW
-    )
 
 
 WINDOW = "window: {{cron: '{cron}', duration: 1h, timezone: UTC}}\n"
