@@ -973,10 +973,11 @@ def _rollback(
         else:
             groups.append([r])
     t_first = time.time()
+    kept = _artifacts(ctx)
     for group in groups:
         restore: dict[str, list[str]] = {}
         for r in group:
-            artifacts = _artifacts(ctx, r.host)
+            artifacts = kept.get(r.host, {})
             items = []
             for pkg, ver in sorted(r.snapshot.items()):
                 if pkg not in _targets(r):
@@ -1062,8 +1063,9 @@ def _baseline_of(ctx: _Ctx, row: RunHost) -> list[Measurement]:
     return _measurements_from_json(saved.get("measurements", {})).get(row.host, [])
 
 
-def _artifacts(ctx: _Ctx, host: str) -> dict[str, str]:
-    """The .debs kept at the host's first preflight in this run."""
+def _artifacts(ctx: _Ctx) -> dict[str, dict[str, str]]:
+    """Per host, the .debs kept at its first preflight in this run."""
+    out: dict[str, dict[str, str]] = {}
     with session_scope(ctx.engine) as s:
         rows = s.exec(
             select(RunStep)
@@ -1071,15 +1073,20 @@ def _artifacts(ctx: _Ctx, host: str) -> dict[str, str]:
             .order_by(col(RunStep.id))
         ).all()
         for row in rows:
-            if host in row.hosts:
-                return dict((row.detail or {}).get("artifacts", {}))
-    return {}
+            for host in row.hosts:
+                out.setdefault(host, dict((row.detail or {}).get("artifacts", {})))
+    return out
 
 
 def _record_outcomes(ctx: _Ctx, stage: int, batch: int) -> None:
     """The fleet's evidence for `risk train`: one outcome per host and package."""
     rows = _hosts(ctx, stage=stage, batch=batch)
     with session_scope(ctx.engine) as s:
+        # The changelog facts gathered for each (package, version), read once for the batch.
+        packages = sorted({u["package"] for r in rows for u in r.updates})
+        facts_of: dict[tuple[str, str], PendingUpdate] = {}
+        for pu in s.exec(select(PendingUpdate).where(col(PendingUpdate.package).in_(packages))):
+            facts_of.setdefault((pu.package, pu.candidate_version), pu)
         for r in rows:
             if r.status in ("patched", "healthy"):
                 outcome = "healthy"
@@ -1092,9 +1099,7 @@ def _record_outcomes(ctx: _Ctx, stage: int, batch: int) -> None:
             else:
                 continue
             for u in r.updates:
-                facts = s.exec(
-                    select(PendingUpdate).where(PendingUpdate.package == u["package"]).limit(1)
-                ).first()
+                facts = facts_of.get((u["package"], u["to"]))
                 s.add(
                     PatchOutcome(
                         run_id=ctx.run_id,
