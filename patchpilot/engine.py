@@ -1,7 +1,8 @@
-"""The run state machine: waves of batches, preflight, patch, health gate, rollback, pause and
-resume. Every step is written to the store when it starts and again when it ends (SQLite in
-WAL mode, one transaction each), so a run killed at any point resumes with `--resume` from
-what the store says, without patching a host twice or losing its rollback data.
+"""The run state machine: waves of batches, patch (preflight, snapshot, install), health gate,
+rollback, pause and resume. Every step is written to the store when it starts and again when
+it ends (SQLite in WAL mode, one transaction each), so a run killed at any point resumes with
+`--resume` from what the store says, without patching a host twice or losing its rollback
+data.
 
 What happens to hosts goes through a FleetOps (fleetops.AnsibleOps in real runs)."""
 
@@ -25,7 +26,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from patchpilot.errors import BadInputError, ExitCode, PatchpilotError
-from patchpilot.fleetops import FleetOps
+from patchpilot.fleetops import FleetOps, HostResult, PatchRun
 from patchpilot.health.checks import CheckSpec, validate_check
 from patchpilot.health.judge import judge_host
 from patchpilot.health.policy import VerdictPolicy, batch_verdict, host_verdict
@@ -201,6 +202,7 @@ class _Ctx:
     opts: ApplyOptions
     run_id: str
     frozen: dict[str, Any]  # the frozen plan as stored with the run
+    patching: PatchRun | None = None  # the patch process of the remaining batches, once open
 
     @property
     def expansion(self) -> dict[str, Any]:
@@ -519,7 +521,56 @@ def _host_states(ctx: _Ctx) -> dict[str, str]:
     return {h.host: h.status for h in _hosts(ctx)}
 
 
+TODO = ("pending", "ready", "patching")  # hosts a batch still has to patch
+
+
 def _drive(ctx: _Ctx) -> RunSummary:
+    # Ansible starts (a second or so) while the first batch's guards and baseline run.
+    _open_patch(ctx)
+    try:
+        return _drive_batches(ctx)
+    finally:
+        _close_patch(ctx)
+
+
+def _open_patch(ctx: _Ctx) -> None:
+    """One patch process for every batch from the run's position on (fleetops.PatchRun)."""
+    _close_patch(ctx)
+    run = _run_row(ctx)
+    batches: dict[tuple[int, int], list[str]] = {}
+    install: dict[str, list[str]] = {}
+    for r in _hosts(ctx):
+        if (r.stage, r.batch) >= (run.stage_index, run.batch_index) and r.status in TODO:
+            batches.setdefault((r.stage, r.batch), []).append(r.host)
+            install[r.host] = [f"{p}={v}" for p, v in _targets(r).items()]
+    if not batches:
+        return
+    ctx.patching = ctx.ops.open_patch(
+        [batches[k] for k in sorted(batches)],
+        install,
+        rollback_dir=f"{ROLLBACK_ROOT}/{ctx.run_id}",
+        reboot=str(ctx.expansion.get("reboot", "if_needed")),
+        lock_timeout=ctx.opts.lock_timeout,
+        refuse_without_rollback=ctx.spec.get("rollback", {}).get("on_impossible", "refuse")
+        == "refuse",
+        check=ctx.opts.check,
+    )
+
+
+def _close_patch(ctx: _Ctx) -> None:
+    if ctx.patching is not None:
+        ctx.patching.close()
+        ctx.patching = None
+
+
+def _patch_batch(ctx: _Ctx, hosts: list[str]) -> dict[str, HostResult]:
+    if ctx.patching is None or ctx.patching.next_hosts() != hosts:
+        _open_patch(ctx)  # the run's state moved in a way the open process did not plan for
+    assert ctx.patching is not None and ctx.patching.next_hosts() == hosts
+    return ctx.patching.batch(hosts)
+
+
+def _drive_batches(ctx: _Ctx) -> RunSummary:
     run = _run_row(ctx)
     stages = ctx.stages
     spec = ctx.plan_spec()
@@ -611,6 +662,12 @@ def _targets(row: RunHost) -> dict[str, str]:
     return {u["package"]: u["to"] for u in row.updates}
 
 
+def _snapshot(row: RunHost) -> dict[str, str]:
+    """The versions a rollback returns to: the host's snapshot, or, for a host that never
+    answered with one, the versions it had when the plan was made."""
+    return dict(row.snapshot) or {u["package"]: u["from"] for u in row.updates if u.get("from")}
+
+
 def _measurements_to_json(data: Mapping[str, Sequence[Measurement]]) -> dict[str, Any]:
     return {h: [m.to_dict() for m in ms] for h, ms in data.items()}
 
@@ -673,85 +730,13 @@ def _run_batch(ctx: _Ctx, si: int, bi: int) -> RunSummary | None:
     settings = stage["settings"]
     specs = check_specs(settings)
     rows = [r for r in _hosts(ctx, stage=si, batch=bi)]
-    lock_timeout = ctx.opts.lock_timeout
-    rollback_dir = f"{ROLLBACK_ROOT}/{ctx.run_id}"
 
-    # 1. Preflight: hosts not yet patched, and those caught mid-patch by a crash.
+    # 1. Hosts caught mid-rollback by a crash: do it again (it installs fixed versions).
     interrupted = [r for r in rows if r.status == "rolling_back"]
-    if interrupted:  # a crash during a rollback: do it again (it installs fixed versions)
+    if interrupted:
         _rollback(ctx, interrupted, reason="resumed after a crash", stage=si, batch=bi, specs=specs)
         rows = _hosts(ctx, stage=si, batch=bi)
-    todo = [r for r in rows if r.status in ("pending", "ready", "patching")]
-    if todo:
-        with _step(ctx, "preflight", stage=si, batch=bi, hosts=[r.host for r in todo]) as d:
-            res = ctx.ops.preflight(
-                {r.host: sorted(_targets(r)) for r in todo},
-                rollback_dir=rollback_dir,
-                lock_timeout=lock_timeout,
-                check=ctx.opts.check,
-            )
-            d["results"] = {h: {"status": x.status, "message": x.message} for h, x in res.items()}
-        policy = ctx.spec.get("rollback", {}).get("on_impossible", "refuse")
-        for r in todo:
-            x = res[r.host]
-            if x.status != "ok":
-                failure = "unreachable" if x.status == "unreachable" else "preflight"
-                if r.status == "patching":
-                    failure = "unreachable" if x.status == "unreachable" else "install_failed"
-                _update_host(ctx, r.host, status="failed", failure=failure, message=x.message)
-                ctx.say(f"  {r.host}: preflight {x.status}: {x.message}")
-                continue
-            snapshot = dict(r.snapshot) or dict(x.snapshot)
-            held = sorted(set(x.held) & set(_targets(r)))
-            if held:
-                _update_host(
-                    ctx,
-                    r.host,
-                    status="skipped",
-                    failure="preflight",
-                    message=f"held on the host since the plan was made: {', '.join(held)}",
-                )
-                ctx.say(f"  {r.host}: skipped, {', '.join(held)} held")
-                continue
-            if x.rollback_missing and policy == "refuse" and not r.snapshot and not ctx.opts.check:
-                _update_host(
-                    ctx,
-                    r.host,
-                    status="failed",
-                    failure="preflight",
-                    message="rollback impossible (previous version not available: "
-                    f"{', '.join(x.rollback_missing)}); refused by the plan's rollback policy",
-                )
-                ctx.say(f"  {r.host}: refused, no way back for {', '.join(x.rollback_missing)}")
-                continue
-            artifacts = {k: v for k, v in x.artifacts.items() if v}
-            if r.status == "patching":
-                # Caught mid-patch: what is installed now decides, never a second install.
-                current = dict(x.snapshot)
-                if all(current.get(p) == v for p, v in _targets(r).items()):
-                    _update_host(ctx, r.host, status="patched", patched_at=datetime.now(UTC))
-                    ctx.say(f"  {r.host}: already on the target versions (patched before a crash)")
-                    continue
-                _update_host(ctx, r.host, status="ready", snapshot=snapshot)
-                continue
-            first_time = not r.snapshot
-            _update_host(ctx, r.host, status="ready", snapshot=snapshot)
-            if not first_time:
-                continue
-            with session_scope(ctx.engine) as s:
-                step = RunStep(
-                    run_id=ctx.run_id,
-                    stage=si,
-                    batch=bi,
-                    kind="snapshot",
-                    state="done",
-                    hosts=[r.host],
-                    detail={"versions": snapshot, "artifacts": artifacts},
-                    finished_at=datetime.now(UTC),
-                )
-                s.add(step)
-    rows = _hosts(ctx, stage=si, batch=bi)
-    ready = [r for r in rows if r.status == "ready"]
+    todo = [r for r in rows if r.status in TODO]
 
     # 2. Baseline: the batch's hosts before the patch, and unpatched control hosts.
     controls = _controls(ctx, si, bi, rows)
@@ -759,44 +744,35 @@ def _run_batch(ctx: _Ctx, si: int, bi: int) -> RunSummary | None:
     if saved is not None:
         baseline = _measurements_from_json(saved.get("measurements", {}))
         controls = list(saved.get("controls", controls))
-    elif specs and ready and not ctx.opts.check:
-        with _step(ctx, "baseline", stage=si, batch=bi, hosts=[r.host for r in ready]) as d:
-            baseline = ctx.ops.measure(specs, [r.host for r in ready] + controls, since=None)
+    elif specs and todo and not ctx.opts.check:
+        with _step(ctx, "baseline", stage=si, batch=bi, hosts=[r.host for r in todo]) as d:
+            baseline = ctx.ops.measure(specs, [r.host for r in todo] + controls, since=None)
             d["measurements"] = _measurements_to_json(baseline)
             d["controls"] = controls
     else:
         baseline = {}
 
-    # 3. Patch.
+    # 3. Patch: preflight, snapshot, rollback artifacts and install, in one pass on each
+    # host. A host recorded as patching again after a crash is sent again: its snapshot
+    # persisted on the host is the one returned, and apt installs nothing a second time.
     patch_started = time.time()
-    if ready:
-        for r in ready:
+    if todo:
+        resumed = {r.host for r in todo if r.status == "patching"}
+        for r in todo:
             _update_host(ctx, r.host, status="patching")
-        with _step(ctx, "patch", stage=si, batch=bi, hosts=[r.host for r in ready]) as d:
-            res = ctx.ops.patch(
-                {r.host: [f"{p}={v}" for p, v in _targets(r).items()] for r in ready},
-                reboot=str(ctx.expansion.get("reboot", "if_needed")),
-                lock_timeout=lock_timeout,
-                check=ctx.opts.check,
-            )
+        with _step(ctx, "patch", stage=si, batch=bi, hosts=[r.host for r in todo]) as d:
+            res = _patch_batch(ctx, [r.host for r in todo])
             d["results"] = {
-                h: {"status": x.status, "message": x.message, "rebooted": x.rebooted}
+                h: {
+                    "status": x.status,
+                    "phase": x.phase,
+                    "message": x.message,
+                    "installed": x.installed,
+                    "rebooted": x.rebooted,
+                }
                 for h, x in res.items()
             }
-        for r in ready:
-            x = res[r.host]
-            if ctx.opts.check:
-                _update_host(ctx, r.host, status="checked", message=x.message)
-                continue
-            wrong = {p: x.versions.get(p) for p, v in _targets(r).items() if x.versions.get(p) != v}
-            if x.status == "ok" and not wrong:
-                _update_host(ctx, r.host, status="patched", patched_at=datetime.now(UTC))
-                ctx.say(f"  {r.host}: patched")
-            else:
-                failure = "unreachable" if x.status == "unreachable" else "install_failed"
-                msg = x.message or f"versions after patching are not the planned ones: {wrong}"
-                _update_host(ctx, r.host, status="failed", failure=failure, message=msg)
-                ctx.say(f"  {r.host}: {failure.replace('_', ' ')}: {msg}")
+        _patched(ctx, si, bi, todo, res, resumed)
     if ctx.opts.check:
         return None
 
@@ -942,6 +918,71 @@ def _run_batch(ctx: _Ctx, si: int, bi: int) -> RunSummary | None:
     return None
 
 
+def _patched(
+    ctx: _Ctx,
+    si: int,
+    bi: int,
+    todo: Sequence[RunHost],
+    res: Mapping[str, HostResult],
+    resumed: set[str],
+) -> None:
+    """Each host's state after its patch, and its snapshot with the kept .debs (the first
+    one recorded for the run is the one a rollback returns to)."""
+    for r in todo:
+        x = res[r.host]
+        if x.snapshot and not r.snapshot and not ctx.opts.check:
+            _update_host(ctx, r.host, snapshot=dict(x.snapshot))
+            with session_scope(ctx.engine) as s:
+                s.add(
+                    RunStep(
+                        run_id=ctx.run_id,
+                        stage=si,
+                        batch=bi,
+                        kind="snapshot",
+                        state="done",
+                        hosts=[r.host],
+                        detail={
+                            "versions": dict(x.snapshot),
+                            "artifacts": {k: v for k, v in x.artifacts.items() if v},
+                        },
+                        finished_at=datetime.now(UTC),
+                    )
+                )
+        if x.status == "unreachable":
+            # Nothing was read back: whether anything changed is unknown until it answers.
+            msg = (
+                f"no answer during its patch, state unknown ({x.message}); once it answers, "
+                f"`patchpilot rollback {ctx.run_id} --hosts {r.host}` puts back what may have "
+                "changed"
+            )
+            _update_host(ctx, r.host, status="failed", failure="unreachable", message=msg)
+            ctx.say(f"  {r.host}: unreachable: {x.message}")
+        elif x.status != "ok" and x.phase == "preflight":
+            if x.held:
+                msg = f"held on the host since the plan was made: {', '.join(x.held)}"
+                _update_host(ctx, r.host, status="skipped", failure="preflight", message=msg)
+                ctx.say(f"  {r.host}: skipped, {', '.join(x.held)} held")
+            else:
+                # A host caught mid-patch (dpkg left interrupted) was touched: restore it.
+                failure = "install_failed" if r.host in resumed else "preflight"
+                _update_host(ctx, r.host, status="failed", failure=failure, message=x.message)
+                ctx.say(f"  {r.host}: preflight failed: {x.message}")
+        elif ctx.opts.check:
+            _update_host(ctx, r.host, status="checked", message=x.message)
+        else:
+            wrong = {p: x.versions.get(p) for p, v in _targets(r).items() if x.versions.get(p) != v}
+            if x.status == "ok" and not wrong:
+                _update_host(ctx, r.host, status="patched", patched_at=datetime.now(UTC))
+                if r.host in resumed and not x.installed:
+                    ctx.say(f"  {r.host}: already on the target versions (patched before a crash)")
+                else:
+                    ctx.say(f"  {r.host}: patched")
+            else:
+                msg = x.message or f"versions after patching are not the planned ones: {wrong}"
+                _update_host(ctx, r.host, status="failed", failure="install_failed", message=msg)
+                ctx.say(f"  {r.host}: install failed: {msg}")
+
+
 def _budget(ctx: _Ctx) -> FailureBudget:
     raw = ctx.expansion["failure_budget"]
     return FailureBudget(
@@ -979,7 +1020,7 @@ def _rollback(
         for r in group:
             artifacts = kept.get(r.host, {})
             items = []
-            for pkg, ver in sorted(r.snapshot.items()):
+            for pkg, ver in sorted(_snapshot(r).items()):
                 if pkg not in _targets(r):
                     continue
                 items.append(artifacts.get(pkg) or f"{pkg}={ver}")
@@ -997,7 +1038,7 @@ def _rollback(
             x = res[r.host]
             wrong = {
                 p: x.versions.get(p)
-                for p, v in r.snapshot.items()
+                for p, v in _snapshot(r).items()
                 if p in _targets(r) and x.versions.get(p) != v
             }
             if x.status == "ok" and not wrong:
@@ -1007,7 +1048,7 @@ def _rollback(
                     status="rolled_back",
                     message=f"{r.message + '; ' if r.message and r.status == 'failed' else ''}"
                     "rolled back to "
-                    + ", ".join(f"{p} {v}" for p, v in sorted(r.snapshot.items())),
+                    + ", ".join(f"{p} {v}" for p, v in sorted(_snapshot(r).items())),
                 )
                 verify_hosts.append(r.host)
             else:
@@ -1141,11 +1182,18 @@ def rollback_run(
                 f"host {unknown[0]} is not part of run {run_id}",
                 hint=f"the run's hosts: {', '.join(sorted(known))}",
             )
-    scope = [r for r in rows if (not hosts or r.host in hosts) and r.status in PATCHED]
+    # Hosts the run patched, and hosts named here that stopped answering during their patch.
+    scope = [
+        r
+        for r in rows
+        if (not hosts or r.host in hosts)
+        and (r.status in PATCHED or (hosts and r.failure == "unreachable"))
+    ]
     if not scope:
         raise BadInputError(
             f"nothing to roll back in run {run_id}" + (f" for {', '.join(hosts)}" if hosts else ""),
-            hint="only hosts the run patched (status patched or healthy) can be rolled back",
+            hint="only hosts the run patched (status patched or healthy), or named hosts that "
+            "stopped answering during their patch, can be rolled back",
         )
     acquire_locks(engine, f"{run_id}", [r.host for r in scope], progress=ctx.say)
     try:

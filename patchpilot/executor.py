@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import queue
 import shutil
 import sys
 import tempfile
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -176,6 +178,108 @@ def _first_error(text: str | None) -> str:
     return lines[-1][:300] if lines else "no output"
 
 
+_KINDS = {
+    "runner_on_ok": "ok",
+    "runner_on_failed": "failed",
+    "runner_on_unreachable": "unreachable",
+    "runner_on_skipped": "skipped",
+}
+
+
+def host_event(event: dict[str, Any]) -> HostEvent | None:
+    """The task result an ansible-runner event carries, if it carries one."""
+    kind = _KINDS.get(event.get("event", ""))
+    data = event.get("event_data", {})
+    if not kind or not data.get("host"):
+        return None
+    return HostEvent(
+        data["host"], kind, data.get("task", ""), data.get("task_action", ""), data.get("res") or {}
+    )
+
+
+PLAY_START = "play_start"  # a play, or the next `serial` batch of one, begins
+FINISHED = "finished"  # the playbook process has ended
+
+
+class PlaybookStream:
+    """A playbook running in the background (one ansible-playbook process) whose task results
+    arrive in order through `next()`, for a caller that acts between its `serial` batches."""
+
+    def __init__(
+        self,
+        playbook: str,
+        inventory: str | Path,
+        *,
+        limit: str | None,
+        forks: int,
+        extravars: dict[str, Any],
+        check: bool,
+    ):
+        path = check_inventory_path(inventory)
+        book = PLAYBOOKS / playbook
+        if not book.is_file():
+            raise PatchpilotError(f"playbook missing from this installation: {book}")
+        self.dir = tempfile.mkdtemp(prefix="patchpilot-run-")
+        self._queue: queue.Queue[tuple[str, HostEvent | None]] = queue.Queue()
+        self._cancel = threading.Event()
+        self.status = "running"
+        self.rc: int | None = None
+
+        def handle(event: dict[str, Any]) -> bool:
+            if event.get("event") == "playbook_on_play_start":
+                self._queue.put((PLAY_START, None))
+            else:
+                ev = host_event(event)
+                if ev is not None:
+                    self._queue.put((ev.kind, ev))
+            return False  # no artifacts kept on disk per event
+
+        def finished(runner: Any) -> None:
+            self.status, self.rc = str(runner.status), int(runner.rc or 0)
+
+        self._thread, self._runner = ansible_runner.run_async(
+            private_data_dir=self.dir,
+            playbook=str(book),
+            inventory=str(path),
+            limit=limit,
+            forks=forks,
+            extravars=extravars,
+            cmdline="--check" if check else None,
+            quiet=True,
+            envvars=_env(),
+            event_handler=handle,
+            finished_callback=finished,
+            cancel_callback=self._cancel.is_set,
+            suppress_env_files=True,
+        )
+
+    def next(self, timeout: float | None = None) -> tuple[str, HostEvent | None]:
+        """The next (kind, event): a task result, PLAY_START, or FINISHED once the process
+        has ended and every event before that was read."""
+        while True:
+            try:
+                return self._queue.get(timeout=0.2 if timeout is None else timeout)
+            except queue.Empty:
+                if not self._thread.is_alive() and self._queue.empty():
+                    return FINISHED, None
+                if timeout is not None:
+                    raise TimeoutError("no event from Ansible") from None
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    def close(self, *, wait: float = 30.0) -> None:
+        """Wait for the process to end (up to `wait` seconds), cancel it if it does not,
+        and remove its working directory."""
+        self._thread.join(wait)
+        if self._thread.is_alive():
+            log.warning("Ansible did not end within %.0f s; cancelling it", wait)
+            self._cancel.set()
+            self._thread.join(30)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
 def run_playbook(
     playbook: str,
     inventory: str | Path,
@@ -196,23 +300,11 @@ def run_playbook(
     hosts: dict[str, HostOutcome] = {}
 
     def handle(event: dict[str, Any]) -> bool:
-        kind = {
-            "runner_on_ok": "ok",
-            "runner_on_failed": "failed",
-            "runner_on_unreachable": "unreachable",
-            "runner_on_skipped": "skipped",
-        }.get(event.get("event", ""))
-        data = event.get("event_data", {})
-        if kind and data.get("host"):
-            ev = HostEvent(
-                data["host"],
-                kind,
-                data.get("task", ""),
-                data.get("task_action", ""),
-                data.get("res") or {},
-            )
+        ev = host_event(event)
+        if ev is not None:
+            kind = ev.kind
             outcome = hosts.setdefault(ev.host, HostOutcome(ev.host))
-            if kind == "failed" and data.get("ignore_errors"):
+            if kind == "failed" and event.get("event_data", {}).get("ignore_errors"):
                 kind = "ok"
             if kind in ("failed", "unreachable") and outcome.status == "ok":
                 outcome.status, outcome.message = kind, ev.message

@@ -1,10 +1,14 @@
-"""What the engine does to hosts, as four operations: preflight, patch, rollback and measure.
-`AnsibleOps` runs them through the executor (ansible-runner) against real hosts; unit tests of
-the engine's logic give it a fake with the same methods."""
+"""What the engine does to hosts: patch (batch by batch), rollback and measure. `AnsibleOps`
+runs them through the executor (ansible-runner) against real hosts; unit tests of the
+engine's logic give it a fake with the same methods."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
+import shutil
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,27 +28,40 @@ class HostResult:
     status: str  # ok, failed, unreachable
     message: str | None = None
     versions: dict[str, str] = field(default_factory=dict)  # installed after the operation
-    snapshot: dict[str, str] = field(default_factory=dict)  # preflight: installed before
-    artifacts: dict[str, str | None] = field(default_factory=dict)  # preflight: kept .debs
+    # patch: where it stopped (preflight: nothing was changed; install; done)
+    phase: str | None = None
+    snapshot: dict[str, str] = field(default_factory=dict)  # patch: installed before
+    artifacts: dict[str, str | None] = field(default_factory=dict)  # patch: kept .debs
     rollback_missing: list[str] = field(default_factory=list)
     held: list[str] = field(default_factory=list)
+    installed: list[str] = field(default_factory=list)  # patch: name=version installed now
     rebooted: bool = False
     boot_id: str | None = None
 
 
+class PatchRun(Protocol):
+    """The patch of a run, batch by batch: each `batch()` releases the next planned batch
+    (exactly its hosts, in order) and returns once every host in it has answered."""
+
+    def next_hosts(self) -> list[str] | None: ...
+
+    def batch(self, hosts: Sequence[str]) -> dict[str, HostResult]: ...
+
+    def close(self) -> None: ...
+
+
 class FleetOps(Protocol):
-    def preflight(
+    def open_patch(
         self,
-        packages: Mapping[str, Sequence[str]],
+        batches: Sequence[Sequence[str]],
+        install: Mapping[str, Sequence[str]],
         *,
         rollback_dir: str,
+        reboot: str,
         lock_timeout: int,
+        refuse_without_rollback: bool,
         check: bool,
-    ) -> dict[str, HostResult]: ...
-
-    def patch(
-        self, install: Mapping[str, Sequence[str]], *, reboot: str, lock_timeout: int, check: bool
-    ) -> dict[str, HostResult]: ...
+    ) -> PatchRun: ...
 
     def rollback(
         self,
@@ -69,16 +86,6 @@ def parse_versions(stdout: str) -> dict[str, str]:
     return out
 
 
-def _read_versions(
-    out: dict[str, HostResult], events: Mapping[str, Sequence[executor.HostEvent]]
-) -> None:
-    """The versions patch.yml and rollback.yml read back in their last task."""
-    for h, result in out.items():
-        for ev in events.get(h, []):
-            if ev.task == "Installed versions afterwards" and ev.kind == "ok":
-                result.versions = parse_versions(str(ev.result.get("stdout", "")))
-
-
 class AnsibleOps:
     """The real operations: playbooks/*.yml through ansible-runner."""
 
@@ -86,82 +93,30 @@ class AnsibleOps:
         self.inventory = inventory
         self.forks = forks
 
-    def _run(
-        self, playbook: str, hosts: Sequence[str], extravars: dict[str, Any], check: bool = False
-    ) -> tuple[dict[str, HostResult], dict[str, list[executor.HostEvent]]]:
-        events: dict[str, list[executor.HostEvent]] = {h: [] for h in hosts}
-
-        def on_event(ev: executor.HostEvent) -> None:
-            events.setdefault(ev.host, []).append(ev)
-
-        result = executor.run_playbook(
-            playbook,
-            self.inventory,
-            limit=",".join(hosts),
-            forks=self.forks,
-            extravars=extravars,
-            check=check,
-            on_event=on_event,
-        )
-        out: dict[str, HostResult] = {}
-        for h in hosts:
-            o = result.hosts.get(h)
-            if o is None:
-                out[h] = HostResult("unreachable", "no answer from Ansible")
-            else:
-                out[h] = HostResult(o.status, o.message)
-        return out, events
-
-    def preflight(
+    def open_patch(
         self,
-        packages: Mapping[str, Sequence[str]],
+        batches: Sequence[Sequence[str]],
+        install: Mapping[str, Sequence[str]],
         *,
         rollback_dir: str,
+        reboot: str,
         lock_timeout: int,
+        refuse_without_rollback: bool,
         check: bool,
-    ) -> dict[str, HostResult]:
-        hosts = list(packages)
-        out, events = self._run(
-            "preflight.yml",
-            hosts,
-            {
-                "patchpilot_packages": {h: list(p) for h, p in packages.items()},
+    ) -> AnsiblePatchRun:
+        return AnsiblePatchRun(
+            self.inventory,
+            batches,
+            install,
+            forks=self.forks,
+            extravars={
                 "patchpilot_rollback_dir": rollback_dir,
-                "patchpilot_lock_timeout": lock_timeout,
-            },
-            check=check,
-        )
-        for h in hosts:
-            for ev in events.get(h, []):
-                if ev.action.endswith("patchpilot_preflight") and ev.kind in ("ok", "failed"):
-                    r = ev.result
-                    out[h].snapshot = dict(r.get("snapshot") or {})
-                    out[h].artifacts = dict(r.get("artifacts") or {})
-                    out[h].rollback_missing = list(r.get("rollback_missing") or [])
-                    out[h].held = list(r.get("held") or [])
-                    out[h].boot_id = r.get("boot_id")
-        return out
-
-    def patch(
-        self, install: Mapping[str, Sequence[str]], *, reboot: str, lock_timeout: int, check: bool
-    ) -> dict[str, HostResult]:
-        hosts = list(install)
-        out, events = self._run(
-            "patch.yml",
-            hosts,
-            {
-                "patchpilot_install": {h: list(p) for h, p in install.items()},
                 "patchpilot_reboot": reboot,
                 "patchpilot_lock_timeout": lock_timeout,
+                "patchpilot_on_impossible": "refuse" if refuse_without_rollback else "proceed",
             },
             check=check,
         )
-        _read_versions(out, events)
-        for h in hosts:
-            for ev in events.get(h, []):
-                if ev.action.endswith("reboot") and ev.kind == "ok":
-                    out[h].rebooted = bool(ev.result.get("rebooted"))
-        return out
 
     def rollback(
         self,
@@ -171,16 +126,34 @@ class AnsibleOps:
         lock_timeout: int,
     ) -> dict[str, HostResult]:
         hosts = list(restore)
-        out, events = self._run(
+        events: dict[str, list[executor.HostEvent]] = {h: [] for h in hosts}
+
+        def on_event(ev: executor.HostEvent) -> None:
+            events.setdefault(ev.host, []).append(ev)
+
+        result = executor.run_playbook(
             "rollback.yml",
-            hosts,
-            {
+            self.inventory,
+            limit=",".join(hosts),
+            forks=self.forks,
+            extravars={
                 "patchpilot_restore": {h: list(p) for h, p in restore.items()},
                 "patchpilot_restart_units": list(restart_units),
                 "patchpilot_lock_timeout": lock_timeout,
             },
+            on_event=on_event,
         )
-        _read_versions(out, events)
+        out: dict[str, HostResult] = {}
+        for h in hosts:
+            o = result.hosts.get(h)
+            out[h] = (
+                HostResult("unreachable", "no answer from Ansible")
+                if o is None
+                else HostResult(o.status, o.message)
+            )
+            for ev in events.get(h, []):
+                if ev.task == "Installed versions afterwards" and ev.kind == "ok":
+                    out[h].versions = parse_versions(str(ev.result.get("stdout", "")))
         return out
 
     def measure(
@@ -189,3 +162,115 @@ class AnsibleOps:
         if not specs or not hosts:
             return {h: [] for h in hosts}
         return collect(specs, hosts, inventory=self.inventory, since=since, forks=self.forks)
+
+
+def gate_key(batch: Sequence[str]) -> str:
+    """The name playbooks/patch.yml waits on before a batch: sha1 of its first host."""
+    return hashlib.sha1(batch[0].encode()).hexdigest()
+
+
+class AnsiblePatchRun:
+    """playbooks/patch.yml as one ansible-playbook process for all the batches (`serial`),
+    each batch held at a gate until `batch()` releases it: the engine judges every batch
+    before the next one starts, without paying for a new Ansible process per batch."""
+
+    def __init__(
+        self,
+        inventory: str | Path,
+        batches: Sequence[Sequence[str]],
+        install: Mapping[str, Sequence[str]],
+        *,
+        forks: int,
+        extravars: Mapping[str, Any],
+        check: bool,
+    ):
+        self.batches = [list(b) for b in batches if b]
+        self._released = 0
+        self._starts = 0  # batch starts Ansible has reported
+        self._ended = False
+        hosts = [h for b in self.batches for h in b]
+        self._gates = Path(tempfile.mkdtemp(prefix="patchpilot-gate-"))
+        self._stream = executor.PlaybookStream(
+            "patch.yml",
+            inventory,
+            limit=",".join(hosts),
+            forks=forks,
+            extravars={
+                **extravars,
+                "patchpilot_hosts": hosts,
+                "patchpilot_serial": [len(b) for b in self.batches],
+                "patchpilot_install": {h: list(install[h]) for h in hosts},
+                "patchpilot_gate": {"dir": str(self._gates), "pid": os.getpid()},
+            },
+            check=check,
+        )
+
+    def next_hosts(self) -> list[str] | None:
+        if self._ended or self._released >= len(self.batches):
+            return None
+        return self.batches[self._released]
+
+    def _decide(self, batch: Sequence[str], decision: str) -> None:
+        path = self._gates / gate_key(batch)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(decision)
+        tmp.rename(path)
+
+    def batch(self, hosts: Sequence[str]) -> dict[str, HostResult]:
+        expected = self.next_hosts()
+        if expected is None or list(hosts) != expected:
+            raise RuntimeError(f"batch {list(hosts)} is not the next one planned ({expected})")
+        index = self._released
+        self._released += 1
+        self._decide(expected, "go")
+        out: dict[str, HostResult] = {}
+        while not self._ended:
+            kind, ev = self._stream.next()
+            if kind == executor.FINISHED:
+                self._ended = True
+            elif kind == executor.PLAY_START:
+                self._starts += 1
+                if self._starts >= index + 2:
+                    break  # the next batch has begun (it waits at its gate): this one is done
+            elif ev is not None and ev.host in expected:
+                _apply_event(out, ev)
+        for h in expected:
+            out.setdefault(h, HostResult("unreachable", "no answer from Ansible"))
+        return out
+
+    def close(self) -> None:
+        """No more batches: the playbook ends at its next gate."""
+        if not self._ended:
+            for batch in self.batches[self._released :]:
+                self._decide(batch, "stop")
+        self._ended = True
+        self._stream.close()
+        shutil.rmtree(self._gates, ignore_errors=True)
+
+
+def _apply_event(out: dict[str, HostResult], ev: executor.HostEvent) -> None:
+    """Fold one task result of playbooks/patch.yml into its host's result."""
+    if ev.action.endswith("patchpilot_patch"):
+        if ev.kind == "unreachable":
+            out[ev.host] = HostResult("unreachable", ev.message)
+        elif ev.kind in ("ok", "failed"):
+            r = ev.result
+            out[ev.host] = HostResult(
+                "ok" if ev.kind == "ok" else "failed",
+                None if ev.kind == "ok" else ev.message,
+                versions=dict(r.get("versions") or {}),
+                phase=r.get("phase") or ("done" if ev.kind == "ok" else "preflight"),
+                snapshot=dict(r.get("snapshot") or {}),
+                artifacts=dict(r.get("artifacts") or {}),
+                rollback_missing=list(r.get("rollback_missing") or []),
+                held=list(r.get("held") or []),
+                installed=list(r.get("installed") or []),
+                boot_id=r.get("boot_id"),
+            )
+    elif ev.action.endswith("reboot") and ev.host in out:
+        result = out[ev.host]
+        if ev.kind == "ok":
+            result.rebooted = bool(ev.result.get("rebooted"))
+        elif ev.kind in ("failed", "unreachable"):
+            result.status = "failed" if ev.kind == "failed" else "unreachable"
+            result.message = f"reboot: {ev.message}"

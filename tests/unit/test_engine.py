@@ -54,53 +54,21 @@ class FakeFleet:
     down: set[str] = field(default_factory=set)
     calls: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)
     crash_after_patch: bool = False
+    # What patchpilot_patch keeps on each host: {(rollback_dir, host): {pkg: (from, to)}}.
+    saved: dict[tuple[str, str], dict[str, tuple[str, str]]] = field(default_factory=dict)
 
-    def preflight(
+    def open_patch(
         self,
-        packages: Mapping[str, Sequence[str]],
+        batches: Sequence[Sequence[str]],
+        install: Mapping[str, Sequence[str]],
         *,
         rollback_dir: str,
+        reboot: str,
         lock_timeout: int,
+        refuse_without_rollback: bool,
         check: bool,
-    ) -> dict[str, HostResult]:
-        self.calls.append(("preflight", tuple(packages)))
-        out = {}
-        for h, pkgs in packages.items():
-            if h in self.down:
-                out[h] = HostResult("unreachable", "Connection timed out")
-                continue
-            snap = {p: self.installed[h][p] for p in pkgs if p in self.installed[h]}
-            out[h] = HostResult(
-                "ok",
-                snapshot=snap,
-                artifacts={p: f"{rollback_dir}/{p}_{v}_all.deb" for p, v in snap.items()},
-            )
-        return out
-
-    def patch(
-        self, install: Mapping[str, Sequence[str]], *, reboot: str, lock_timeout: int, check: bool
-    ) -> dict[str, HostResult]:
-        self.calls.append(("patch", tuple(install)))
-        out = {}
-        for h, items in install.items():
-            if h in self.down:
-                out[h] = HostResult("unreachable", "Connection timed out")
-                continue
-            failed = False
-            for item in items:
-                pkg, ver = item.split("=")
-                if not check:
-                    self.installed[h][pkg] = ver
-                if ver in self.fails:
-                    failed = True
-            out[h] = HostResult(
-                "failed" if failed else "ok",
-                "dpkg returned an error code (1)" if failed else None,
-                versions=dict(self.installed[h]),
-            )
-        if self.crash_after_patch:
-            raise KeyboardInterrupt("simulated crash")
-        return out
+    ) -> FakePatchRun:
+        return FakePatchRun(self, [list(b) for b in batches], dict(install), rollback_dir, check)
 
     def rollback(
         self,
@@ -145,6 +113,69 @@ class FakeFleet:
                 ),
             ]
         return out
+
+
+@dataclass
+class FakePatchRun:
+    """playbooks/patch.yml on the fake fleet: batches in the planned order; a host already on
+    its target versions installs nothing; the first snapshot per target is kept on the host."""
+
+    fleet: FakeFleet
+    batches: list[list[str]]
+    install: dict[str, Sequence[str]]
+    rollback_dir: str
+    check: bool
+    closed: bool = False
+
+    def next_hosts(self) -> list[str] | None:
+        return None if self.closed or not self.batches else self.batches[0]
+
+    def batch(self, hosts: Sequence[str]) -> dict[str, HostResult]:
+        assert list(hosts) == self.next_hosts()
+        self.batches.pop(0)
+        fleet = self.fleet
+        fleet.calls.append(("patch", tuple(hosts)))
+        out = {}
+        for h in hosts:
+            if h in fleet.down:
+                out[h] = HostResult("unreachable", "Connection timed out")
+                continue
+            saved = fleet.saved.setdefault((self.rollback_dir, h), {})
+            snapshot = {}
+            for item in self.install[h]:
+                pkg, ver = item.split("=")
+                if pkg in saved and saved[pkg][1] == ver:
+                    snapshot[pkg] = saved[pkg][0]
+                elif pkg in fleet.installed[h]:
+                    snapshot[pkg] = fleet.installed[h][pkg]
+                    if not self.check:
+                        saved[pkg] = (snapshot[pkg], ver)
+            installed, failed = [], False
+            for item in self.install[h]:
+                pkg, ver = item.split("=")
+                if ver in fleet.fails:
+                    failed = True
+                if not self.check and fleet.installed[h].get(pkg) != ver:
+                    fleet.installed[h][pkg] = ver
+                    installed.append(item)
+                    fleet.calls.append(("install", (h,)))
+            out[h] = HostResult(
+                "failed" if failed else "ok",
+                "apt-get install failed (exit 100): dpkg returned an error code (1)"
+                if failed
+                else None,
+                versions=dict(fleet.installed[h]),
+                phase="install" if failed else "done",
+                snapshot=snapshot,
+                artifacts={p: f"{self.rollback_dir}/{p}_{v}_all.deb" for p, v in snapshot.items()},
+                installed=installed,
+            )
+        if fleet.crash_after_patch:
+            raise KeyboardInterrupt("simulated crash")
+        return out
+
+    def close(self) -> None:
+        self.closed = True
 
 
 PLAN = """
@@ -279,6 +310,23 @@ def test_an_unreachable_host_counts_as_the_budget_says(engine) -> None:  # type:
     assert summary.status == "failed"
 
 
+def test_a_host_silent_during_its_patch_is_unknown_until_rolled_back_by_name(engine) -> None:  # type: ignore[no-untyped-def]
+    spec, data = _frozen(3, "{hosts: 0, unreachable_counts: false}")
+    fleet = _fleet(3, down={"web03"})
+    summary = start_run(engine, spec, data, inventory="inv", ops=fleet, opts=_opts())
+    run_id = _only_run(engine)
+    assert summary.hosts["web03"] == "failed"
+    with session_scope(engine) as s:
+        row = s.exec(select(RunHost).where(RunHost.host == "web03")).one()
+        assert "state unknown" in (row.message or "") and f"rollback {run_id}" in row.message
+    assert _order(fleet, "rollback") == []  # nothing to talk to: no rollback attempted
+    fleet.down.clear()
+    fleet.installed["web03"]["demoweb"] = "1.1-1"  # it did install before it went silent
+    summary = rollback_run(engine, run_id, hosts=["web03"], ops=fleet, opts=_opts())
+    assert summary.exit_code == ExitCode.OK and summary.hosts["web03"] == "rolled_back"
+    assert fleet.installed["web03"] == {"demoweb": "1.0-1"}  # the plan's from version
+
+
 def test_a_crash_after_patching_resumes_without_patching_twice(engine) -> None:  # type: ignore[no-untyped-def]
     spec, data = _frozen(3)
     fleet = _fleet(3, crash_after_patch=True)
@@ -288,7 +336,8 @@ def test_a_crash_after_patching_resumes_without_patching_twice(engine) -> None: 
     canary = _order(fleet, "patch")[0][0]
     with session_scope(engine) as s:
         host = s.exec(select(RunHost).where(RunHost.host == canary)).one()
-        assert host.status == "patching" and host.snapshot == {"demoweb": "1.0-1"}
+        # Killed before the results were recorded: the snapshot is only on the host.
+        assert host.status == "patching" and host.snapshot == {}
         # The process died: its pid is gone, so its locks are stale.
         for lock in s.exec(select(HostLock)).all():
             lock.pid = 999_999_999
@@ -301,13 +350,14 @@ def test_a_crash_after_patching_resumes_without_patching_twice(engine) -> None: 
     messages: list[str] = []
     summary = resume_run(engine, run_id, ops=fleet, opts=_opts(progress=messages.append))
     assert summary.status == "succeeded"
-    patched = [h for batch in _order(fleet, "patch") for h in batch]
-    assert patched.count(canary) == 1, "the canary was patched again after the crash"
-    assert sorted(patched) == ["web01", "web02", "web03"]
+    installs = [h for batch in _order(fleet, "install") for h in batch]
+    assert installs.count(canary) == 1, "the canary was installed again after the crash"
+    assert sorted(installs) == ["web01", "web02", "web03"]
     assert any("interrupted process (pid 999999999 is gone)" in m for m in messages)
+    assert any(f"{canary}: already on the target versions" in m for m in messages)
     with session_scope(engine) as s:
         host = s.exec(select(RunHost).where(RunHost.host == canary)).one()
-        assert host.snapshot == {"demoweb": "1.0-1"}  # rollback data kept
+        assert host.snapshot == {"demoweb": "1.0-1"}  # the host's own snapshot, recovered
 
 
 def test_a_second_run_on_the_same_hosts_is_refused(engine) -> None:  # type: ignore[no-untyped-def]
