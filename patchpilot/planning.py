@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.engine import Engine
 from sqlmodel import col, select
@@ -17,10 +17,12 @@ from patchpilot.errors import BadInputError
 from patchpilot.plan.expand import ExpandedPlan, PlanHost, PlanUpdate, expand_plan
 from patchpilot.plan.frozen import FrozenPlan, freeze, inventory_snapshot, load_frozen
 from patchpilot.plan.spec import PlanSpec, load_plan
-from patchpilot.risk.score import Thresholds, score_pending
 from patchpilot.risk.types import RiskScore
 from patchpilot.store.db import session_scope
 from patchpilot.store.models import Host, PendingUpdate
+
+if TYPE_CHECKING:  # the risk model (pandas, scikit-learn) loads only when a plan is scored
+    from patchpilot.risk.score import Thresholds
 
 
 @dataclass
@@ -111,6 +113,8 @@ def build_plan(
                 )
                 for u in pending
             ]
+        from patchpilot.risk.score import score_pending
+
         scored, model = score_pending(s, thresholds=thresholds, now=now)
     not_gathered = sorted(set(names) - set(by_name))
     if not hosts:

@@ -43,8 +43,6 @@ import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
-from scipy.stats import mannwhitneyu
-
 from patchpilot.health.types import Direction, Measurement, MetricJudgement, Threshold, Verdict
 
 __all__ = ["judge_host", "judge_metric"]
@@ -169,6 +167,8 @@ def _statistical(
         return
     f.applied = f.compared = True
     higher = m.direction == Direction.HIGHER_IS_WORSE
+    from scipy.stats import mannwhitneyu  # imported when needed: scipy.stats takes ~1 s to load
+
     res = mannwhitneyu(samples, ref.samples, alternative="greater" if higher else "less")
     u = float(res.statistic)  # U of the after samples
     p = float(res.pvalue)

@@ -17,6 +17,9 @@ from patchpilot.errors import BadInputError, PatchpilotError
 
 log = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).parent / "migrations"
+# The newest migration's revision (a unit test keeps it equal to alembic's head). A store
+# already there opens without loading alembic, which costs a third of a second per command.
+HEAD = "0003"
 
 
 def make_engine(url: str) -> Engine:
@@ -54,8 +57,19 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
+def _revision(engine: Engine) -> str | None:
+    try:
+        with engine.connect() as conn:
+            row = conn.exec_driver_sql("SELECT version_num FROM alembic_version").first()
+    except (OperationalError, DatabaseError):
+        return None  # no table yet, or unreadable: the full path below says which
+    return None if row is None else str(row[0])
+
+
 def upgrade_schema(engine: Engine) -> str:
     """Bring the schema to the newest revision; returns that revision."""
+    if _revision(engine) == HEAD:
+        return HEAD
     from alembic import command
     from alembic.config import Config
     from alembic.runtime.migration import MigrationContext

@@ -9,7 +9,14 @@ from sqlmodel import select
 
 from patchpilot.errors import BadInputError, PatchpilotError
 from patchpilot.settings import db_url
-from patchpilot.store.db import make_engine, open_store, session_scope, upgrade_schema
+from patchpilot.store.db import (
+    HEAD,
+    MIGRATIONS,
+    make_engine,
+    open_store,
+    session_scope,
+    upgrade_schema,
+)
 from patchpilot.store.models import Host, InstalledPackage, PendingUpdate
 
 
@@ -29,6 +36,16 @@ def test_new_sqlite_store_is_created_migrated_and_in_wal_mode(tmp_path: Path) ->
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert conn.execute("SELECT version_num FROM alembic_version").fetchone()[0] == "0003"
+
+
+def test_the_fast_open_path_knows_the_newest_migration() -> None:
+    # A store at HEAD opens without alembic; a HEAD behind the migrations would skip one.
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    assert ScriptDirectory.from_config(cfg).get_current_head() == HEAD
 
 
 def test_upgrading_twice_keeps_the_data(tmp_path: Path) -> None:
