@@ -9,7 +9,6 @@ import typer
 
 from patchpilot.cli.context import state
 from patchpilot.console import print_json, print_table
-from patchpilot.settings import ENV_PREFIX, Settings, find_config_file, read_config_file
 
 app = typer.Typer(help="Show the settings in force.", no_args_is_help=True)
 
@@ -20,6 +19,8 @@ def show(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Print each setting, its value and its source (default, file, env or flag)."""
+    from patchpilot.settings import ENV_PREFIX, Settings, find_config_file, read_config_file
+
     st = state(ctx)
     settings = st.settings
     path = find_config_file(st.config)

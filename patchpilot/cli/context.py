@@ -7,13 +7,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
-from sqlalchemy.engine import Engine
 
-from patchpilot.settings import Settings, load_settings
-from patchpilot.store.db import open_store
+if TYPE_CHECKING:  # the store, settings and risk model load only when a command needs them
+    from sqlalchemy.engine import Engine
 
-if TYPE_CHECKING:  # scikit-learn and pandas load only when a command needs them
     from patchpilot.risk.score import Thresholds
+    from patchpilot.settings import Settings
 
 
 @dataclass
@@ -27,12 +26,16 @@ class AppState:
     @property
     def settings(self) -> Settings:
         if self._settings is None:
+            from patchpilot.settings import load_settings
+
             self._settings = load_settings(config=self.config, db=self.db)
         return self._settings
 
     def engine(self) -> Engine:
         """The store, opened (and migrated) on first use only."""
         if self._engine is None:
+            from patchpilot.store.db import open_store
+
             self._engine = open_store(self.settings.db)
         return self._engine
 

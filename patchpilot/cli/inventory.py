@@ -10,8 +10,6 @@ import typer
 from patchpilot.cli.context import state
 from patchpilot.console import HostProgress, console, info, print_json, print_table
 from patchpilot.errors import BadInputError, ExitCode
-from patchpilot.store.db import session_scope
-from patchpilot.store.queries import host_detail, list_hosts
 
 app = typer.Typer(help="Gather facts from hosts; list and show them.", no_args_is_help=True)
 
@@ -64,6 +62,9 @@ def gather(
 @app.command("list")
 def list_(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     """Hosts with OS, last seen, and pending and security update counts."""
+    from patchpilot.store.db import session_scope
+    from patchpilot.store.queries import list_hosts
+
     with session_scope(state(ctx).engine()) as s:
         rows = list_hosts(session=s)
     if as_json:
@@ -93,6 +94,9 @@ def list_(ctx: typer.Context, as_json: JsonOpt = False) -> None:
 @app.command()
 def show(ctx: typer.Context, host: str, as_json: JsonOpt = False) -> None:
     """Everything the store knows about one host."""
+    from patchpilot.store.db import session_scope
+    from patchpilot.store.queries import host_detail
+
     with session_scope(state(ctx).engine()) as s:
         detail = host_detail(session=s, name=host)
     if detail is None:

@@ -9,9 +9,6 @@ import typer
 from patchpilot.cli.context import state
 from patchpilot.cli.inventory import JsonOpt, _cves
 from patchpilot.console import info, print_json, print_table
-from patchpilot.store.db import session_scope
-from patchpilot.store.queries import compliance as compliance_rows
-from patchpilot.store.queries import pending_updates, update_rows
 
 app = typer.Typer(help="Pending updates across the fleet.", no_args_is_help=True)
 
@@ -27,6 +24,9 @@ def list_(
     as_json: JsonOpt = False,
 ) -> None:
     """Pending updates with installed and candidate versions, origin and CVE ids."""
+    from patchpilot.store.db import session_scope
+    from patchpilot.store.queries import pending_updates, update_rows
+
     with session_scope(state(ctx).engine()) as s:
         rows = update_rows(
             pending_updates(session=s, host=host, security=security or None, package=package)
@@ -57,6 +57,9 @@ def list_(
 
 def compliance(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     """Per host: missing security updates and the age of the oldest; the fleet's compliance."""
+    from patchpilot.store.db import session_scope
+    from patchpilot.store.queries import compliance as compliance_rows
+
     with session_scope(state(ctx).engine()) as s:
         rows, pct = compliance_rows(session=s)
     if as_json:

@@ -12,7 +12,6 @@ from patchpilot.cli.context import risk_thresholds, state
 from patchpilot.cli.inventory import JsonOpt
 from patchpilot.console import info, print_json, print_table
 from patchpilot.errors import BadInputError
-from patchpilot.store.db import session_scope
 
 if TYPE_CHECKING:  # heavy imports (scikit-learn, pandas) wait until a command needs them
     import pandas as pd
@@ -38,6 +37,7 @@ def score(
 ) -> None:
     """Per pending update: probability of a regression, interval, level, strategy, reasons."""
     from patchpilot.risk.score import score_pending
+    from patchpilot.store.db import session_scope
 
     thresholds = risk_thresholds(ctx)
     with session_scope(state(ctx).engine()) as s:
@@ -147,6 +147,7 @@ def _table(dsa: Path | None, dla: Path | None) -> pd.DataFrame:
 def train(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     """Retrain from the shipped advisories plus the fleet's outcomes; keep a new version."""
     from patchpilot.risk.score import train_and_store
+    from patchpilot.store.db import session_scope
 
     with session_scope(state(ctx).engine()) as s:
         rec = train_and_store(s)
@@ -170,6 +171,7 @@ def train(ctx: typer.Context, as_json: JsonOpt = False) -> None:
 def models(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     """The shipped prior and every trained model, newest last; the active one is marked."""
     from patchpilot.risk.score import list_models
+    from patchpilot.store.db import session_scope
 
     with session_scope(state(ctx).engine()) as s:
         rows = list_models(s)

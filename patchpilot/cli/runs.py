@@ -3,24 +3,19 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from sqlmodel import Session, col, select
 
 from patchpilot.cli.context import state
 from patchpilot.cli.inventory import JsonOpt
 from patchpilot.console import console, info, print_json, print_table
 from patchpilot.errors import BadInputError
-from patchpilot.store.db import session_scope
-from patchpilot.store.models import (
-    AuditEvent,
-    Incident,
-    Run,
-    RunHost,
-    RunStep,
-    RunVerdict,
-)
+
+if TYPE_CHECKING:  # the store loads when a command runs, not when the CLI starts
+    from sqlmodel import Session
+
+    from patchpilot.store.models import Run
 
 app = typer.Typer(
     help="Runs: what happened, host by host, with the evidence.", no_args_is_help=True
@@ -35,6 +30,10 @@ def _t(d: datetime | None) -> str:
 
 
 def run_summary(session: Session, run: Run) -> dict[str, Any]:
+    from sqlmodel import select
+
+    from patchpilot.store.models import RunHost
+
     hosts = session.exec(select(RunHost).where(RunHost.run_id == run.id)).all()
     counts: dict[str, int] = {}
     for h in hosts:
@@ -59,6 +58,11 @@ def run_summary(session: Session, run: Run) -> dict[str, Any]:
 @app.command("list")
 def list_(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     """Every run, newest first."""
+    from sqlmodel import col, select
+
+    from patchpilot.store.db import session_scope
+    from patchpilot.store.models import Run
+
     with session_scope(state(ctx).engine()) as s:
         runs = s.exec(select(Run).order_by(col(Run.started_at).desc())).all()
         rows = [run_summary(s, r) for r in runs]
@@ -87,6 +91,10 @@ def list_(ctx: typer.Context, as_json: JsonOpt = False) -> None:
 
 
 def run_detail(session: Session, run_id: str) -> dict[str, Any]:
+    from sqlmodel import col, select
+
+    from patchpilot.store.models import AuditEvent, Incident, Run, RunHost, RunStep, RunVerdict
+
     if run_id == "last":
         newest = session.exec(select(Run).order_by(col(Run.started_at).desc())).first()
         if newest is None:
@@ -180,6 +188,8 @@ def show(
     as_json: JsonOpt = False,
 ) -> None:
     """A run's timeline, per-host results, verdicts with their evidence, incidents, audit."""
+    from patchpilot.store.db import session_scope
+
     with session_scope(state(ctx).engine()) as s:
         d = run_detail(s, run_id)
     if as_json:

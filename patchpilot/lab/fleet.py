@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import yaml
 
@@ -33,7 +33,9 @@ from patchpilot.errors import BadInputError, LabError
 from patchpilot.lab import image, network, repo
 from patchpilot.lab.supervisor import CGROUP_PARENT, MARKER, cgroup_hierarchies
 from patchpilot.lab.system import ensure_kernel_limits, require_lab_prerequisites, run
-from patchpilot.settings import Settings
+
+if TYPE_CHECKING:
+    from patchpilot.settings import Settings
 
 log = logging.getLogger(__name__)
 

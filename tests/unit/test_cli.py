@@ -252,7 +252,7 @@ def _boom(*args: object, **kwargs: object) -> None:
 def test_unexpected_exception_is_internal_without_traceback(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("patchpilot.cli.config.find_config_file", _boom)
+    monkeypatch.setattr("patchpilot.settings.find_config_file", _boom)
     code, out, err = run_cli(capsys, "config", "show")
     assert code == ExitCode.INTERNAL == 70
     assert "Traceback" not in out + err
@@ -266,7 +266,7 @@ def test_unexpected_exception_is_internal_without_traceback(
 def test_debug_lets_an_unexpected_exception_propagate(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("patchpilot.cli.config.find_config_file", _boom)
+    monkeypatch.setattr("patchpilot.settings.find_config_file", _boom)
     with pytest.raises(RuntimeError, match="boom"):
         main(["--debug", "config", "show"])
 
@@ -277,7 +277,7 @@ def test_ctrl_c_is_interrupted(
     def interrupt(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("patchpilot.cli.config.find_config_file", interrupt)
+    monkeypatch.setattr("patchpilot.settings.find_config_file", interrupt)
     code, out, err = run_cli(capsys, "config", "show")
     assert code == ExitCode.INTERRUPTED == 130
     assert "Traceback" not in out + err
