@@ -11,7 +11,6 @@ from __future__ import annotations
 import getpass
 import logging
 import os
-import secrets
 import socket
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -26,7 +25,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from patchpilot.errors import BadInputError, ExitCode, PatchpilotError
-from patchpilot.fleetops import FleetOps, HostResult, PatchRun
+from patchpilot.fleetops import LOCK_TIMEOUT, FleetOps, HostResult, PatchRequest, PatchRun
 from patchpilot.health.checks import CheckSpec, validate_check
 from patchpilot.health.judge import judge_host
 from patchpilot.health.policy import VerdictPolicy, batch_verdict, host_verdict
@@ -46,10 +45,10 @@ from patchpilot.store.models import (
     RunStep,
     RunVerdict,
 )
+from patchpilot.warmstart import new_run_id
 
 log = logging.getLogger(__name__)
 
-ROLLBACK_ROOT = "/var/cache/patchpilot/rollback"
 MAX_CONTROLS = 3
 TERMINAL = {"healthy", "failed", "rolled_back", "rollback_failed", "skipped"}
 PATCHED = {"patched", "healthy"}
@@ -62,7 +61,7 @@ class RunLocked(PatchpilotError):
 @dataclass
 class ApplyOptions:
     check: bool = False
-    lock_timeout: int = 120
+    lock_timeout: int = LOCK_TIMEOUT
     interactive: bool = False
     confirm: Callable[[str], bool] | None = None  # asks a human; None when unattended
     progress: Callable[[str], None] = field(default=lambda _msg: None)
@@ -96,10 +95,6 @@ def audit(session: Session, action: str, *, run_id: str | None, **detail: Any) -
     session.add(
         AuditEvent(user=user, controller=controller, run_id=run_id, action=action, detail=detail)
     )
-
-
-def new_run_id(now: datetime) -> str:
-    return f"r-{now.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
 
 
 def _pid_alive(pid: int) -> bool:
@@ -324,8 +319,38 @@ def start_run(
     inventory: str,
     ops: FleetOps,
     opts: ApplyOptions,
+    run_id: str | None = None,
+    patching: PatchRun | None = None,
 ) -> RunSummary:
-    """Create the run from a frozen plan and drive it."""
+    """Create the run from a frozen plan and drive it. `patching`, a patch process started
+    for this run id before the plan was validated (warmstart), is adopted if the run asks
+    for exactly it, and closed in any case."""
+    try:
+        return _start_run(
+            engine,
+            spec,
+            frozen_data,
+            inventory,
+            ops,
+            opts,
+            run_id or new_run_id(opts.now()),
+            patching,
+        )
+    finally:
+        if patching is not None:
+            patching.close()
+
+
+def _start_run(
+    engine: Engine,
+    spec: PlanSpec,
+    frozen_data: dict[str, Any],
+    inventory: str,
+    ops: FleetOps,
+    opts: ApplyOptions,
+    run_id: str,
+    patching: PatchRun | None,
+) -> RunSummary:
     now = opts.now()
     if spec.window is not None and not opts.check and not in_window(spec.window, now):
         start, end = next_window(spec.window, now)
@@ -342,7 +367,6 @@ def start_run(
             hint="`patchpilot plan` shows why each host and update was left out",
         )
     stage_index = {s["name"]: i for i, s in enumerate(expansion["stages"])}
-    run_id = new_run_id(now)
     user, controller = _who()
     with session_scope(engine) as s:
         s.add(
@@ -382,7 +406,7 @@ def start_run(
             check=opts.check,
             emergency=spec.emergency,
         )
-    ctx = _Ctx(engine, ops, opts, run_id, frozen_data)
+    ctx = _Ctx(engine, ops, opts, run_id, frozen_data, patching)
     if spec.emergency:
         ctx.say("EMERGENCY plan: all at once, recorded as such in the audit log")
     try:
@@ -533,28 +557,29 @@ def _drive(ctx: _Ctx) -> RunSummary:
         _close_patch(ctx)
 
 
-def _open_patch(ctx: _Ctx) -> None:
-    """One patch process for every batch from the run's position on (fleetops.PatchRun)."""
-    _close_patch(ctx)
+def _open_patch(ctx: _Ctx, *, force: bool = False) -> None:
+    """One patch process for every batch from the run's position on (fleetops.PatchRun);
+    one already open for exactly that (started while patchpilot loaded) is kept."""
     run = _run_row(ctx)
-    batches: dict[tuple[int, int], list[str]] = {}
-    install: dict[str, list[str]] = {}
-    for r in _hosts(ctx):
-        if (r.stage, r.batch) >= (run.stage_index, run.batch_index) and r.status in TODO:
-            batches.setdefault((r.stage, r.batch), []).append(r.host)
-            install[r.host] = [f"{p}={v}" for p, v in _targets(r).items()]
-    if not batches:
-        return
-    ctx.patching = ctx.ops.open_patch(
-        [batches[k] for k in sorted(batches)],
-        install,
-        rollback_dir=f"{ROLLBACK_ROOT}/{ctx.run_id}",
+    request = PatchRequest.build(
+        [
+            ((r.stage, r.batch), r.host, _targets(r))
+            for r in _hosts(ctx)
+            if (r.stage, r.batch) >= (run.stage_index, run.batch_index) and r.status in TODO
+        ],
+        run_id=ctx.run_id,
         reboot=str(ctx.expansion.get("reboot", "if_needed")),
         lock_timeout=ctx.opts.lock_timeout,
-        refuse_without_rollback=ctx.spec.get("rollback", {}).get("on_impossible", "refuse")
-        == "refuse",
+        on_impossible=str(ctx.spec.get("rollback", {}).get("on_impossible", "refuse")),
         check=ctx.opts.check,
     )
+    if ctx.patching is not None and ctx.patching.request == request and not force:
+        log.debug("%s: using the patch process started while patchpilot loaded", ctx.run_id)
+        return
+    _close_patch(ctx)
+    if request.batches:
+        log.debug("%s: starting the patch process for %d batches", ctx.run_id, len(request.batches))
+        ctx.patching = ctx.ops.open_patch(request)
 
 
 def _close_patch(ctx: _Ctx) -> None:
@@ -565,7 +590,8 @@ def _close_patch(ctx: _Ctx) -> None:
 
 def _patch_batch(ctx: _Ctx, hosts: list[str]) -> dict[str, HostResult]:
     if ctx.patching is None or ctx.patching.next_hosts() != hosts:
-        _open_patch(ctx)  # the run's state moved in a way the open process did not plan for
+        # The run's state moved in a way the open process did not plan for.
+        _open_patch(ctx, force=True)
     assert ctx.patching is not None and ctx.patching.next_hosts() == hosts
     return ctx.patching.batch(hosts)
 

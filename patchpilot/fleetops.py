@@ -12,13 +12,58 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 from patchpilot import executor
 from patchpilot.health.checks import CheckSpec, collect
 from patchpilot.health.types import Measurement
 
 log = logging.getLogger(__name__)
+
+ROLLBACK_ROOT = "/var/cache/patchpilot/rollback"  # on each host, one folder per run
+LOCK_TIMEOUT = 120  # seconds to wait for the dpkg/apt locks
+
+
+@dataclass(frozen=True)
+class PatchRequest:
+    """Everything the patch process of a run is started with: its batches (hosts in deploy
+    order), the exact versions per host and the run's settings. Two equal requests start the
+    same process, which is how the engine knows it can adopt one started before it."""
+
+    batches: tuple[tuple[str, ...], ...]
+    install: tuple[tuple[str, tuple[str, ...]], ...]  # (host, ("name=version", ...))
+    rollback_dir: str
+    reboot: str
+    lock_timeout: int
+    refuse_without_rollback: bool
+    check: bool
+
+    @classmethod
+    def build(
+        cls,
+        hosts: Sequence[tuple[tuple[int, int], str, Mapping[str, str]]],
+        *,
+        run_id: str,
+        reboot: str,
+        lock_timeout: int,
+        on_impossible: str,
+        check: bool,
+    ) -> PatchRequest:
+        """From ((stage, batch), host, {package: version}) in deploy order."""
+        batches: dict[tuple[int, int], list[str]] = {}
+        install: list[tuple[str, tuple[str, ...]]] = []
+        for key, host, targets in hosts:
+            batches.setdefault(key, []).append(host)
+            install.append((host, tuple(f"{p}={v}" for p, v in targets.items())))
+        return cls(
+            batches=tuple(tuple(batches[k]) for k in sorted(batches)),
+            install=tuple(install),
+            rollback_dir=f"{ROLLBACK_ROOT}/{run_id}",
+            reboot=reboot,
+            lock_timeout=lock_timeout,
+            refuse_without_rollback=on_impossible == "refuse",
+            check=check,
+        )
 
 
 @dataclass
@@ -43,6 +88,8 @@ class PatchRun(Protocol):
     """The patch of a run, batch by batch: each `batch()` releases the next planned batch
     (exactly its hosts, in order) and returns once every host in it has answered."""
 
+    request: PatchRequest
+
     def next_hosts(self) -> list[str] | None: ...
 
     def batch(self, hosts: Sequence[str]) -> dict[str, HostResult]: ...
@@ -51,17 +98,7 @@ class PatchRun(Protocol):
 
 
 class FleetOps(Protocol):
-    def open_patch(
-        self,
-        batches: Sequence[Sequence[str]],
-        install: Mapping[str, Sequence[str]],
-        *,
-        rollback_dir: str,
-        reboot: str,
-        lock_timeout: int,
-        refuse_without_rollback: bool,
-        check: bool,
-    ) -> PatchRun: ...
+    def open_patch(self, request: PatchRequest) -> PatchRun: ...
 
     def rollback(
         self,
@@ -93,30 +130,8 @@ class AnsibleOps:
         self.inventory = inventory
         self.forks = forks
 
-    def open_patch(
-        self,
-        batches: Sequence[Sequence[str]],
-        install: Mapping[str, Sequence[str]],
-        *,
-        rollback_dir: str,
-        reboot: str,
-        lock_timeout: int,
-        refuse_without_rollback: bool,
-        check: bool,
-    ) -> AnsiblePatchRun:
-        return AnsiblePatchRun(
-            self.inventory,
-            batches,
-            install,
-            forks=self.forks,
-            extravars={
-                "patchpilot_rollback_dir": rollback_dir,
-                "patchpilot_reboot": reboot,
-                "patchpilot_lock_timeout": lock_timeout,
-                "patchpilot_on_impossible": "refuse" if refuse_without_rollback else "proceed",
-            },
-            check=check,
-        )
+    def open_patch(self, request: PatchRequest) -> AnsiblePatchRun:
+        return AnsiblePatchRun(self.inventory, request, forks=self.forks)
 
     def rollback(
         self,
@@ -174,17 +189,9 @@ class AnsiblePatchRun:
     each batch held at a gate until `batch()` releases it: the engine judges every batch
     before the next one starts, without paying for a new Ansible process per batch."""
 
-    def __init__(
-        self,
-        inventory: str | Path,
-        batches: Sequence[Sequence[str]],
-        install: Mapping[str, Sequence[str]],
-        *,
-        forks: int,
-        extravars: Mapping[str, Any],
-        check: bool,
-    ):
-        self.batches = [list(b) for b in batches if b]
+    def __init__(self, inventory: str | Path, request: PatchRequest, *, forks: int):
+        self.request = request
+        self.batches = [list(b) for b in request.batches if b]
         self._released = 0
         self._starts = 0  # batch starts Ansible has reported
         self._ended = False
@@ -196,13 +203,18 @@ class AnsiblePatchRun:
             limit=",".join(hosts),
             forks=forks,
             extravars={
-                **extravars,
                 "patchpilot_hosts": hosts,
                 "patchpilot_serial": [len(b) for b in self.batches],
-                "patchpilot_install": {h: list(install[h]) for h in hosts},
+                "patchpilot_install": {h: list(items) for h, items in request.install},
+                "patchpilot_rollback_dir": request.rollback_dir,
+                "patchpilot_reboot": request.reboot,
+                "patchpilot_lock_timeout": request.lock_timeout,
+                "patchpilot_on_impossible": "refuse"
+                if request.refuse_without_rollback
+                else "proceed",
                 "patchpilot_gate": {"dir": str(self._gates), "pid": os.getpid()},
             },
-            check=check,
+            check=request.check,
         )
 
     def next_hosts(self) -> list[str] | None:

@@ -18,6 +18,7 @@ from patchpilot.errors import BadInputError, ExitCode
 
 if TYPE_CHECKING:
     from patchpilot.engine import ApplyOptions, RunSummary
+    from patchpilot.fleetops import PatchRun
 
 InventoryOpt = Annotated[
     Path, typer.Option("-i", "--inventory", help="Ansible inventory: file, directory or script.")
@@ -222,6 +223,33 @@ def apply(
     ] = None,
 ) -> None:
     """Patch the fleet wave by wave; roll back what breaks; pause when the evidence is unclear."""
+    warm, run_id = None, None
+    if resume is None and plan_file is not None and inventory is not None and (yes or check):
+        # Ansible starts while the rest loads; nothing reaches a host until the engine says so.
+        from patchpilot.warmstart import new_run_id, warm_start
+
+        run_id = new_run_id(datetime.now(UTC))
+        warm = warm_start(plan_file, inventory, run_id=run_id, check=check)
+    try:
+        _apply(
+            ctx, plan_file, inventory, check=check, yes=yes, resume=resume, run_id=run_id, warm=warm
+        )
+    finally:
+        if warm is not None:
+            warm.close()
+
+
+def _apply(
+    ctx: typer.Context,
+    plan_file: Path | None,
+    inventory: Path | None,
+    *,
+    check: bool,
+    yes: bool,
+    resume: str | None,
+    run_id: str | None,
+    warm: PatchRun | None,
+) -> None:
     from patchpilot.engine import resume_run, start_run
     from patchpilot.fleetops import AnsibleOps
     from patchpilot.planning import build_plan, is_frozen_file, load_frozen_plan
@@ -264,7 +292,18 @@ def apply(
         if not opts.confirm(f"Patch {n_hosts} hosts now?"):
             raise typer.Exit(int(ExitCode.FAILED))
     ops = AnsibleOps(inventory)
-    _exit(start_run(engine, spec, data, inventory=str(inventory), ops=ops, opts=opts))
+    _exit(
+        start_run(
+            engine,
+            spec,
+            data,
+            inventory=str(inventory),
+            ops=ops,
+            opts=opts,
+            run_id=run_id,
+            patching=warm,
+        )
+    )
 
 
 def approve(

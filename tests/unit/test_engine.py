@@ -22,7 +22,7 @@ from patchpilot.engine import (
     start_run,
 )
 from patchpilot.errors import BadInputError, ExitCode
-from patchpilot.fleetops import HostResult
+from patchpilot.fleetops import HostResult, PatchRequest
 from patchpilot.health.checks import CheckSpec
 from patchpilot.health.types import Direction, Measurement
 from patchpilot.plan.expand import PlanHost, PlanUpdate, expand_plan
@@ -56,19 +56,11 @@ class FakeFleet:
     crash_after_patch: bool = False
     # What patchpilot_patch keeps on each host: {(rollback_dir, host): {pkg: (from, to)}}.
     saved: dict[tuple[str, str], dict[str, tuple[str, str]]] = field(default_factory=dict)
+    opened: list[PatchRequest] = field(default_factory=list)
 
-    def open_patch(
-        self,
-        batches: Sequence[Sequence[str]],
-        install: Mapping[str, Sequence[str]],
-        *,
-        rollback_dir: str,
-        reboot: str,
-        lock_timeout: int,
-        refuse_without_rollback: bool,
-        check: bool,
-    ) -> FakePatchRun:
-        return FakePatchRun(self, [list(b) for b in batches], dict(install), rollback_dir, check)
+    def open_patch(self, request: PatchRequest) -> FakePatchRun:
+        self.opened.append(request)
+        return FakePatchRun(self, request, [list(b) for b in request.batches])
 
     def rollback(
         self,
@@ -121,10 +113,8 @@ class FakePatchRun:
     its target versions installs nothing; the first snapshot per target is kept on the host."""
 
     fleet: FakeFleet
+    request: PatchRequest
     batches: list[list[str]]
-    install: dict[str, Sequence[str]]
-    rollback_dir: str
-    check: bool
     closed: bool = False
 
     def next_hosts(self) -> list[str] | None:
@@ -135,27 +125,28 @@ class FakePatchRun:
         self.batches.pop(0)
         fleet = self.fleet
         fleet.calls.append(("patch", tuple(hosts)))
+        install, rollback_dir = dict(self.request.install), self.request.rollback_dir
         out = {}
         for h in hosts:
             if h in fleet.down:
                 out[h] = HostResult("unreachable", "Connection timed out")
                 continue
-            saved = fleet.saved.setdefault((self.rollback_dir, h), {})
+            saved = fleet.saved.setdefault((rollback_dir, h), {})
             snapshot = {}
-            for item in self.install[h]:
+            for item in install[h]:
                 pkg, ver = item.split("=")
                 if pkg in saved and saved[pkg][1] == ver:
                     snapshot[pkg] = saved[pkg][0]
                 elif pkg in fleet.installed[h]:
                     snapshot[pkg] = fleet.installed[h][pkg]
-                    if not self.check:
+                    if not self.request.check:
                         saved[pkg] = (snapshot[pkg], ver)
             installed, failed = [], False
-            for item in self.install[h]:
+            for item in install[h]:
                 pkg, ver = item.split("=")
                 if ver in fleet.fails:
                     failed = True
-                if not self.check and fleet.installed[h].get(pkg) != ver:
+                if not self.request.check and fleet.installed[h].get(pkg) != ver:
                     fleet.installed[h][pkg] = ver
                     installed.append(item)
                     fleet.calls.append(("install", (h,)))
@@ -167,7 +158,7 @@ class FakePatchRun:
                 versions=dict(fleet.installed[h]),
                 phase="install" if failed else "done",
                 snapshot=snapshot,
-                artifacts={p: f"{self.rollback_dir}/{p}_{v}_all.deb" for p, v in snapshot.items()},
+                artifacts={p: f"{rollback_dir}/{p}_{v}_all.deb" for p, v in snapshot.items()},
                 installed=installed,
             )
         if fleet.crash_after_patch:
@@ -358,6 +349,36 @@ def test_a_crash_after_patching_resumes_without_patching_twice(engine) -> None: 
     with session_scope(engine) as s:
         host = s.exec(select(RunHost).where(RunHost.host == canary)).one()
         assert host.snapshot == {"demoweb": "1.0-1"}  # the host's own snapshot, recovered
+
+
+def test_a_patch_process_started_before_the_run_is_adopted_only_when_identical(engine) -> None:  # type: ignore[no-untyped-def]
+    from patchpilot.warmstart import frozen_request
+
+    spec, data = _frozen(5)
+    fleet = _fleet(5)
+    warm = fleet.open_patch(frozen_request(data, run_id="r-warm", check=False))
+    summary = start_run(
+        engine, spec, data, inventory="inv", ops=fleet, opts=_opts(), run_id="r-warm", patching=warm
+    )
+    assert summary.status == "succeeded" and summary.run_id == "r-warm"
+    assert len(fleet.opened) == 1 and warm.closed  # the engine used it, then ended it
+    assert len(_order(fleet, "patch")) == 3
+
+    # Started for check mode, but the run is real: the engine starts its own.
+    fleet = _fleet(5)
+    warm = fleet.open_patch(frozen_request(data, run_id="r-warm2", check=True))
+    summary = start_run(
+        engine,
+        spec,
+        data,
+        inventory="inv",
+        ops=fleet,
+        opts=_opts(),
+        run_id="r-warm2",
+        patching=warm,
+    )
+    assert summary.status == "succeeded"
+    assert len(fleet.opened) == 2 and not fleet.opened[1].check and warm.closed
 
 
 def test_a_second_run_on_the_same_hosts_is_refused(engine) -> None:  # type: ignore[no-untyped-def]
