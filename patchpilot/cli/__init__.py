@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -132,4 +133,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def entrypoint() -> None:
-    sys.exit(main())
+    code = main()
+    # Everything is committed and written by now; ending without the interpreter's teardown
+    # of some 650 loaded modules saves a third of a second on every command.
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except OSError:  # a closed pipe (`patchpilot ... | head`)
+        pass
+    logging.shutdown()
+    os._exit(code)
