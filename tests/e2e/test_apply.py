@@ -105,10 +105,28 @@ def _demoweb_score(db: Path) -> float:
     return max(u["probability"] for u in scored["updates"] if u["package"] == "demoweb")
 
 
-def test_a_healthy_update_patches_every_host_wave_by_wave(lab: LabFleet, store: Path) -> None:
+def test_a_healthy_update_patches_every_host_wave_by_wave(
+    lab: LabFleet, store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "400")  # debug log lines unwrapped
     _gather(lab, store)
-    proc = _apply(lab, store, DEMO_PLAN)
+    # Reviewed, frozen, then applied: the run's Ansible process starts from the frozen file
+    # while patchpilot loads, and the engine adopts it (see patchpilot/warmstart.py).
+    frozen = tmp_path / "demo.json"
+    pp("--db", str(store), "plan", str(DEMO_PLAN), "-i", str(lab.inventory), "--out", str(frozen))
+    proc = pp(
+        "--debug",
+        "--db",
+        str(store),
+        "apply",
+        str(frozen),
+        "-i",
+        str(lab.inventory),
+        "--yes",
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr
+    assert "using the patch process started while patchpilot loaded" in proc.stderr
     assert set(_versions(lab).values()) == {"1.1-1"}
     run = _last_run(store)
     assert run["status"] == "succeeded"
