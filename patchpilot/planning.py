@@ -122,7 +122,9 @@ def build_plan(
             f"none of the {len(names)} targeted hosts is in the store",
             hint=f"run `patchpilot inventory gather -i {inventory}` first",
         )
-    scores: dict[tuple[str, str], RiskScore] = {(u.host, u.package): u.score for u in scored}
+    scores: dict[str, dict[str, RiskScore]] = {}
+    for u in scored:
+        scores.setdefault(u.host, {})[u.package] = u.score
     expanded = expand_plan(spec, hosts, updates, scores, now=now)
     frozen = freeze(
         expanded,

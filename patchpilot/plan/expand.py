@@ -19,12 +19,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from fractions import Fraction
 from functools import cached_property
+from itertools import filterfalse, repeat
 from operator import attrgetter
 from typing import Any, NamedTuple
 
 from patchpilot.errors import BadInputError
 from patchpilot.patches import validate_package_name, validate_version
-from patchpilot.plan.spec import FailureBudget, PlanSpec, Stage, resolve_count
+from patchpilot.plan.spec import FailureBudget, PlanSpec, Select, Stage, resolve_count
 from patchpilot.risk.types import RiskLevel, RiskScore
 
 _ARCH_RE = re.compile(r"[A-Za-z0-9_]{1,32}")
@@ -248,13 +249,14 @@ def expand_plan(
     spec: PlanSpec,
     hosts: Sequence[PlanHost],
     updates: Mapping[str, Sequence[PlanUpdate]],
-    scores: Mapping[tuple[str, str], RiskScore],
+    scores: Mapping[str, Mapping[str, RiskScore]],
     *,
     now: datetime,
 ) -> ExpandedPlan:
     """The waves this plan makes of this fleet, as of `now` (aware). `hosts` are the hosts
     the targets pattern resolved to; `updates` their pending updates by host name; `scores`
-    the risk of each (host, package). Raises BadInputError for an unusable update."""
+    the risk of each pending update by host name, then package name (a host or package
+    missing from it is unscored). Raises BadInputError for an unusable update."""
     if now.tzinfo is None or now.utcoffset() is None:
         raise ValueError("now must be an aware datetime")
     # Expansion builds only acyclic data. On a large fleet the cyclic collector would
@@ -268,67 +270,73 @@ def expand_plan(
             gc.enable()
 
 
-class _Chosen(NamedTuple):
-    host: PlanHost
-    updates: tuple[PlanUpdate, ...]
-    risks: tuple[RiskScore | None, ...]
-    reboot_needed: bool
+Signature = tuple[str, tuple[str, ...]]  # (os_release, groups)
+
+
+@dataclass(slots=True)
+class _Selection:
+    """The hosts selection keeps, in name order, one list per field. The lists are filled
+    while each host and its updates are still in the CPU cache; the passes after selection
+    then walk lists of pointers instead of going back to host objects, which on a large
+    fleet lie far apart in memory."""
+
+    names: list[str] = field(default_factory=list)
+    os_releases: list[str] = field(default_factory=list)
+    groups: list[tuple[str, ...]] = field(default_factory=list)
+    updates: list[tuple[PlanUpdate, ...]] = field(default_factory=list)
+    risks: list[tuple[RiskScore | None, ...]] = field(default_factory=list)
+    reboot_needed: list[bool] = field(default_factory=list)
+    signatures: list[int] = field(default_factory=list)  # index into `distinct`
+    # Each (os_release, groups) signature, in the order of its first host.
+    distinct: dict[Signature, int] = field(default_factory=dict)
 
 
 _new = tuple.__new__
-_UNSEEN = "\0unseen"  # glob cache: package not looked at yet
-_package = attrgetter("package")
+_needs_reboot = attrgetter("reboot_needed")
 _arch = attrgetter("arch")
 _installed = attrgetter("installed_version")
 _candidate = attrgetter("candidate_version")
-_needs_reboot = attrgetter("reboot_needed")
-
-Signature = tuple[str, tuple[str, ...]]  # (os_release, groups)
 
 
 def _expand(
     spec: PlanSpec,
     hosts: Sequence[PlanHost],
     updates: Mapping[str, Sequence[PlanUpdate]],
-    scores: Mapping[tuple[str, str], RiskScore],
+    scores: Mapping[str, Mapping[str, RiskScore]],
     now: datetime,
 ) -> ExpandedPlan:
     skipped: list[SkippedHost] = []
     excluded: list[ExcludedUpdate] = []
     chosen = _select(spec, hosts, updates, scores, now, skipped, excluded)
     warnings: list[str] = []
-    if not chosen:
+    if not chosen.names:
         warnings.append("no host has anything to patch: the plan is empty")
 
-    order = _stable_order(spec.name, chosen)
+    order = _stable_order(spec.name, chosen.names)
     stages, placement, deploy, uncovered = _assign(spec, chosen, order, warnings)
 
-    # Built in name order (the order `chosen` is in memory), then keyed in deploy order.
-    always, never = spec.reboot == "always", spec.reboot == "never"
-    plans: list[HostPlan | None] = [None] * len(chosen)
-    for j, c in enumerate(chosen):
-        where = placement[j]
-        if where is None:
-            continue
-        stage_name, batch, reason = where
-        host = c.host
-        plans[j] = _new(
-            HostPlan,
-            (
-                host.name,
-                host.os_release,
-                host.groups,
-                stage_name,
-                batch,
-                reason,
-                always or (not never and c.reboot_needed),
-                c.updates,
-                c.risks,
-            ),
-        )
-    host_plans: dict[str, HostPlan] = {p.name: p for p in map(plans.__getitem__, deploy) if p}
+    # Built in name order, the order the columns and the objects they point to are in, and
+    # only then keyed in deploy order. A host no stage took gets a plan without a stage,
+    # which is dropped: it is not in `deploy`.
+    reboot = chosen.reboot_needed
+    if spec.reboot != "if_needed":
+        reboot = [spec.reboot == "always"] * len(reboot)
+    rows = zip(
+        chosen.names,
+        chosen.os_releases,
+        chosen.groups,
+        placement.stages,
+        placement.batches,
+        placement.reasons,
+        reboot,
+        chosen.updates,
+        chosen.risks,
+        strict=True,
+    )
+    plans: list[HostPlan] = list(map(_new, repeat(HostPlan), rows))
+    host_plans = {p.name: p for p in map(plans.__getitem__, deploy)}
     if uncovered:
-        skipped.extend(SkippedHost(chosen[j].host.name, R_UNCOVERED) for j in sorted(uncovered))
+        skipped.extend(SkippedHost(chosen.names[j], R_UNCOVERED) for j in sorted(uncovered))
         warnings.append(
             f"{len(uncovered)} host(s) with updates are not covered by any stage and are"
             " skipped; end the plan with a stage of hosts: rest to patch them"
@@ -366,10 +374,25 @@ def _target_reason(spec: PlanSpec, host: PlanHost) -> str | None:
     return None
 
 
-def _glob_reason(spec: PlanSpec, include: re.Pattern[str], package: str) -> str | None:
+class _PackageRules(dict[str, str | None]):
+    """Package name -> why select.include / select.exclude leave it out (None: kept). Names
+    repeat across a fleet, so the globs run once per distinct name, on its first lookup."""
+
+    def __init__(self, select: Select) -> None:
+        super().__init__()
+        self._include = re.compile("|".join(f"(?:{fnmatch.translate(g)})" for g in select.include))
+        self._exclude = select.exclude
+
+    def __missing__(self, package: str) -> str | None:
+        why = _glob_reason(self._include, self._exclude, package)
+        self[package] = why
+        return why
+
+
+def _glob_reason(include: re.Pattern[str], exclude: Sequence[str], package: str) -> str | None:
     if not include.match(package):
         return R_NOT_INCLUDED
-    for pattern in spec.select.exclude:
+    for pattern in exclude:
         if fnmatch.fnmatchcase(package, pattern):
             return f"matched select.exclude {pattern!r}"
     return None
@@ -379,55 +402,66 @@ def _select(
     spec: PlanSpec,
     hosts: Sequence[PlanHost],
     updates: Mapping[str, Sequence[PlanUpdate]],
-    scores: Mapping[tuple[str, str], RiskScore],
+    scores: Mapping[str, Mapping[str, RiskScore]],
     now: datetime,
     skipped: list[SkippedHost],
     excluded: list[ExcludedUpdate],
-) -> list[_Chosen]:
+) -> _Selection:
     """Hosts the targets keep and, on each, the updates the select rules keep; everything
-    left out is recorded with the first rule that excluded it. Hosts come out by name."""
+    left out is recorded with the first rule that excluded it. Hosts come out by name.
+
+    This loop visits every pending update of the fleet, so everything that does not depend
+    on the update itself is worked out before it: the age cutoff, the reason each risk level
+    gives, and (cached by name) the glob decision for each package."""
     sel = spec.select
     security_only = sel.security_only
-    # Package -> reason (None: passes); the globs run once per distinct package name.
-    globs: dict[str, str | None] | None = None if sel.include == ("*",) and not sel.exclude else {}
-    include = re.compile("|".join(f"(?:{fnmatch.translate(g)})" for g in sel.include))
+    package_reason = _PackageRules(sel)
     check_age = sel.min_age_days > 0
     cutoff = (now - timedelta(days=sel.min_age_days)).astimezone(UTC)
     r_too_new = f"first seen less than {sel.min_age_days:g} days ago (select.min_age_days)"
     max_p = sel.max_probability
-    allowed_levels: tuple[RiskLevel, ...] | None = None
-    risk_reasons: dict[RiskLevel, str] = {}
-    if sel.max_risk is not None:
-        allowed_levels = tuple(lv for lv in RiskLevel if lv.rank <= sel.max_risk.rank)
-        risk_reasons = {
-            lv: f"risk {lv.value} is above select.max_risk {sel.max_risk.value}" for lv in RiskLevel
-        }
-    risk_filter = allowed_levels is not None or max_p is not None
+    max_risk = sel.max_risk
+    # Risk level -> why it is left out (None: allowed).
+    level_reason: dict[RiskLevel, str | None] = {
+        lv: (
+            f"risk {lv.value} is above select.max_risk {max_risk.value}"
+            if max_risk is not None and lv.rank > max_risk.rank
+            else None
+        )
+        for lv in RiskLevel
+    }
+    risk_filter = max_risk is not None or max_p is not None
     exclude_unscored = risk_filter and sel.unscored == "exclude"
     scores_get = scores.get
     updates_get = updates.get
+    no_scores: Mapping[str, RiskScore] = {}
+    # Architectures and versions of the selected updates, to validate each distinct one.
+    arches: set[str] = set()
+    versions: set[str] = set()
     exclude = excluded.append
-    selected: list[PlanUpdate] = []  # every selected update, for validation
 
     filtered = bool(spec.targets.groups or spec.targets.facts)
-    chosen: list[_Chosen] = []
-    seen: set[str] = set()
+    chosen = _Selection()
+    signature_ids = chosen.distinct
+    previous = None  # in name order, a host listed twice comes right after itself
     for host in sorted(hosts, key=attrgetter("name")):
         name = host.name
-        if name in seen:
+        if name == previous:
             raise BadInputError(
                 f"host {name} is listed twice", hint="host names must be unique in a fleet"
             )
-        seen.add(name)
+        previous = name
         reason = (
             _target_reason(spec, host) if filtered else (None if host.reachable else R_UNREACHABLE)
         )
         if reason:
             skipped.append(SkippedHost(name, reason))
             continue
+        score_of = scores_get(name, no_scores).get
         picked: list[PlanUpdate] = []
         risks: list[RiskScore | None] = []
         for u in updates_get(name, ()):
+            # The rules in the documented order; the first that applies is the reason.
             if u.held:
                 exclude(_new(ExcludedUpdate, (name, u, R_HELD)))
                 continue
@@ -435,59 +469,66 @@ def _select(
                 exclude(_new(ExcludedUpdate, (name, u, R_NOT_SECURITY)))
                 continue
             pkg = u.package
-            if globs is not None:
-                why = globs.get(pkg, _UNSEEN)
-                if why is _UNSEEN:
-                    why = globs[pkg] = _glob_reason(spec, include, pkg)
-                if why is not None:
-                    exclude(_new(ExcludedUpdate, (name, u, why)))
-                    continue
+            if (why := package_reason[pkg]) is not None:
+                exclude(_new(ExcludedUpdate, (name, u, why)))
+                continue
             if check_age and u.first_seen > cutoff:
                 exclude(_new(ExcludedUpdate, (name, u, r_too_new)))
                 continue
-            score = scores_get((name, pkg))
-            if risk_filter:
-                if score is None:
-                    if exclude_unscored:
-                        exclude(_new(ExcludedUpdate, (name, u, R_NO_SCORE)))
-                        continue
-                elif allowed_levels is not None and score.level not in allowed_levels:
-                    exclude(_new(ExcludedUpdate, (name, u, risk_reasons[score.level])))
+            score = score_of(pkg)
+            if score is None:
+                if exclude_unscored:
+                    exclude(_new(ExcludedUpdate, (name, u, R_NO_SCORE)))
                     continue
-                elif max_p is not None and score.probability > max_p:
+            elif risk_filter:
+                why = level_reason[score.level]
+                if why is None and max_p is not None and score.probability > max_p:
                     why = (
                         f"regression probability {score.probability:.2f} is above"
                         f" select.max_probability {max_p:g}"
                     )
+                if why is not None:
                     exclude(_new(ExcludedUpdate, (name, u, why)))
                     continue
             picked.append(u)
             risks.append(score)
         if picked:
-            selected.extend(picked)
-            reboot = any(map(_needs_reboot, picked))
-            chosen.append(_new(_Chosen, (host, tuple(picked), tuple(risks), reboot)))
+            chosen.names.append(name)
+            chosen.os_releases.append(host.os_release)
+            chosen.groups.append(host.groups)
+            chosen.updates.append(tuple(picked))
+            chosen.risks.append(tuple(risks))
+            chosen.reboot_needed.append(any(map(_needs_reboot, picked)))
+            signature = (host.os_release, host.groups)
+            chosen.signatures.append(signature_ids.setdefault(signature, len(signature_ids)))
+            # Collected now, while this host's updates are still in the CPU cache.
+            arches.update(map(_arch, picked))
+            versions.update(map(_installed, picked))
+            versions.update(map(_candidate, picked))
         else:
             skipped.append(SkippedHost(name, R_NOTHING))
-    _validate_selected(chosen, selected)
+    _validate_selected(chosen, package_reason, arches, versions)
     return chosen
 
 
-def _validate_selected(chosen: list[_Chosen], selected: list[PlanUpdate]) -> None:
+def _validate_selected(
+    chosen: _Selection, package_reason: _PackageRules, arches: set[str], versions: set[str]
+) -> None:
     """Every package name, version and architecture that would reach a command; each
-    distinct value is checked once."""
-    versions = set(map(_installed, selected))
-    versions.update(map(_candidate, selected))
-    bad_names = {n for n in set(map(_package, selected)) if not _valid(validate_package_name, n)}
+    distinct value is checked once. Names are taken from the glob cache: every package the
+    globs kept, a superset of the selected ones, so a bad name on an update that was not
+    selected only costs the slow search below, which raises for selected updates alone."""
+    names = [name for name, why in package_reason.items() if why is None]
+    bad_names = {n for n in names if not _valid(validate_package_name, n)}
     bad_versions = {v for v in versions if not _valid(validate_version, v)}
-    bad_arches = {a for a in set(map(_arch, selected)) if not _ARCH_RE.fullmatch(a)}
+    bad_arches = {a for a in arches if not _ARCH_RE.fullmatch(a)}
     if not (bad_names or bad_versions or bad_arches):
         return
-    for c in chosen:  # name the first host and update with a bad value
-        for u in c.updates:
-            where = f"pending update {u.package!r} on {c.host.name}"
+    for name, host_updates in zip(chosen.names, chosen.updates, strict=True):
+        for u in host_updates:  # name the first host and update with a bad value
+            where = f"pending update {u.package!r} on {name}"
             if u.package in bad_names:
-                validate_package_name(u.package, where=f"pending update on {c.host.name}")
+                validate_package_name(u.package, where=f"pending update on {name}")
             if u.installed_version in bad_versions:
                 validate_version(u.installed_version, where=f"{where}, installed version")
             if u.candidate_version in bad_versions:
@@ -507,14 +548,14 @@ def _valid(check: Callable[..., str], value: str) -> bool:
     return True
 
 
-def _stable_order(plan_name: str, chosen: list[_Chosen]) -> list[int]:
-    """Indices of `chosen` in an order that is fixed for a plan but spread across the fleet:
+def _stable_order(plan_name: str, names: list[str]) -> list[int]:
+    """Indices of `names` in an order that is fixed for a plan but spread across the fleet:
     by sha256 of plan name and host name (then the name), so web01..web03 do not share a
     wave."""
     prefix = plan_name.encode() + b"\0"
     sha = hashlib.sha256
-    keys = [sha(prefix + (n := c.host.name.encode())).digest() + n for c in chosen]
-    return sorted(range(len(chosen)), key=keys.__getitem__)
+    keys = [sha(prefix + (n := name.encode())).digest() + n for name in names]
+    return sorted(range(len(names)), key=keys.__getitem__)
 
 
 def _pairs(signature: Signature) -> list[tuple[str, str]]:
@@ -531,24 +572,31 @@ def _describe(stage: Stage, base: int) -> str:
     return f"{stage.hosts} of {selector} ({base} hosts)"
 
 
-Placement = tuple[str, int, str]  # stage name, batch index, reason
+@dataclass(slots=True)
+class _Placement:
+    """Stage, batch and reason of each selected host, by index into the selection; None
+    where no stage took the host."""
+
+    stages: list[str | None]
+    batches: list[int | None]
+    reasons: list[str | None]
 
 
 def _assign(
-    spec: PlanSpec, chosen: list[_Chosen], order: list[int], warnings: list[str]
-) -> tuple[list[StagePlan], list[Placement | None], list[int], list[int]]:
+    spec: PlanSpec, chosen: _Selection, order: list[int], warnings: list[str]
+) -> tuple[list[StagePlan], _Placement, list[int], list[int]]:
     """Stages take hosts in plan order from those no earlier stage took. Works on indices
     into `chosen` and on (OS release, groups) signatures, which hosts share: the hosts
     themselves are visited once, in name order."""
-    names = [c.host.name for c in chosen]
-    sig_ids: dict[Signature, int] = {}
-    sigs = [sig_ids.setdefault((c.host.os_release, c.host.groups), len(sig_ids)) for c in chosen]
-    signatures = list(sig_ids)
+    names = chosen.names
+    sigs = chosen.signatures
+    signatures = list(chosen.distinct)
     sig_counts = Counter(sigs)
     canary = next((i for i, s in enumerate(spec.stages) if not s.validation), None)
     remaining = order
     stages: list[StagePlan] = []
-    placement: list[Placement | None] = [None] * len(chosen)
+    n = len(names)
+    placement = _Placement([None] * n, [None] * n, [None] * n)
     deploy: list[int] = []
     for i, stage in enumerate(spec.stages):
         group = stage.group
@@ -583,24 +631,26 @@ def _assign(
                     f"stage {stage.name} grew from {take} to {len(picked)} host(s) to cover"
                     " every OS release / group pair"
                 )
-            taken = set(picked)
-            remaining = [j for j in remaining if j not in taken]
+            remaining = list(filterfalse(set(picked).__contains__, remaining))
         else:
             picked = available[:take]
             if group is None:
                 remaining = remaining[take:]  # took a prefix of what was left
             else:
-                taken = set(picked)
-                remaining = [j for j in remaining if j not in taken]
-        reasons = dict.fromkeys(map(names.__getitem__, picked), why)
+                remaining = list(filterfalse(set(picked).__contains__, remaining))
+        # Host names are fetched once per stage, in deploy order: each is a separate object
+        # somewhere in memory, and the dict and the batches below both read it.
+        picked_names = list(map(names.__getitem__, picked))
+        reasons = dict.fromkeys(picked_names, why)
         reasons.update((names[j], text) for j, text in special.items())
         size = max(1, resolve_count(stage.parallel, len(picked)))
         batches = [picked[k : k + size] for k in range(0, len(picked), size)]
-        named = tuple(tuple(map(names.__getitem__, b)) for b in batches)
+        named = tuple(tuple(picked_names[k : k + size]) for k in range(0, len(picked), size))
         for b, batch in enumerate(batches):
-            where = (stage.name, b, why)
             for j in batch:
-                placement[j] = (stage.name, b, special[j]) if j in special else where
+                placement.stages[j] = stage.name
+                placement.batches[j] = b
+                placement.reasons[j] = special.get(j, why)
         deploy.extend(picked)
         note = f"{len(picked)} host(s) in {len(batches)} batch(es) of up to {size}"
         stages.append(StagePlan(stage.name, stage, named, reasons, note))

@@ -72,7 +72,7 @@ def expand(
     spec: PlanSpec,
     hosts: list[PlanHost],
     updates: dict[str, list[PlanUpdate]] | None = None,
-    scores: dict[tuple[str, str], RiskScore] | None = None,
+    scores: dict[str, dict[str, RiskScore]] | None = None,
 ) -> ExpandedPlan:
     if updates is None:
         updates = {h.name: [update()] for h in hosts}
@@ -283,12 +283,14 @@ UPDATES = [
     update("openssh-server", security=True),
 ]
 SCORES = {
-    ("h00000", "libssl3"): score(0.05, RiskLevel.LOW),
-    ("h00000", "curl"): score(0.2, RiskLevel.MEDIUM),
-    ("h00000", "linux-image-amd64"): score(0.6, RiskLevel.HIGH),
-    ("h00000", "nginx"): score(0.1, RiskLevel.LOW),
-    ("h00000", "libxml2"): score(0.35, RiskLevel.MEDIUM),
-    # openssh-server is not scored
+    "h00000": {
+        "libssl3": score(0.05, RiskLevel.LOW),
+        "curl": score(0.2, RiskLevel.MEDIUM),
+        "linux-image-amd64": score(0.6, RiskLevel.HIGH),
+        "nginx": score(0.1, RiskLevel.LOW),
+        "libxml2": score(0.35, RiskLevel.MEDIUM),
+        # openssh-server is not scored
+    }
 }
 ALL = ["libssl3", "curl", "linux-image-amd64", "nginx", "libxml2", "openssh-server"]
 
@@ -381,7 +383,7 @@ def test_selected_updates_carry_scores() -> None:
     result = expand(plan("  - {name: all, hosts: rest}\n"), fleet(1), {"h00000": UPDATES}, SCORES)
     host = result.hosts["h00000"]
     risks = {u.package: r for u, r in zip(host.updates, host.risks, strict=True)}
-    assert risks["curl"] == SCORES[("h00000", "curl")]
+    assert risks["curl"] == SCORES["h00000"]["curl"]
     assert risks["openssh-server"] is None
     entry = result.to_dict()["hosts"][0]["updates"]
     assert {u["package"]: (u["risk"], u["probability"]) for u in entry}["curl"] == ("medium", 0.2)

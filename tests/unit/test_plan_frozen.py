@@ -59,7 +59,7 @@ UPDATES = {
     ]
     for h in HOSTS
 }
-SCORES = {(h.name, "libssl3"): RiskScore(0.1, 0.05, 0.2, RiskLevel.LOW, ("ok",)) for h in HOSTS}
+SCORES = {h.name: {"libssl3": RiskScore(0.1, 0.05, 0.2, RiskLevel.LOW, ("ok",))} for h in HOSTS}
 
 
 @pytest.fixture
