@@ -3,7 +3,6 @@ where plan expansion meets the fleet's facts and risk scores."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,7 +14,7 @@ from sqlmodel import col, select
 from patchpilot import executor
 from patchpilot.errors import BadInputError
 from patchpilot.plan.expand import ExpandedPlan, PlanHost, PlanUpdate, expand_plan
-from patchpilot.plan.frozen import FrozenPlan, freeze, inventory_snapshot, load_frozen
+from patchpilot.plan.frozen import freeze, inventory_snapshot
 from patchpilot.plan.spec import PlanSpec, load_plan
 from patchpilot.risk.types import RiskScore
 from patchpilot.store.db import session_scope
@@ -144,9 +143,3 @@ def is_frozen_file(path: str | Path) -> bool:
     except OSError:
         return False
     return head.startswith(b"{")
-
-
-def load_frozen_plan(path: str | Path) -> tuple[FrozenPlan, dict[str, Any]]:
-    frozen = load_frozen(path)
-    data = json.loads(Path(path).read_text(encoding="utf-8"))
-    return frozen, data

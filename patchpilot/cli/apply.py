@@ -252,7 +252,8 @@ def _apply(
 ) -> None:
     from patchpilot.engine import resume_run, start_run
     from patchpilot.fleetops import AnsibleOps
-    from patchpilot.planning import build_plan, is_frozen_file, load_frozen_plan
+    from patchpilot.plan.frozen import load_frozen
+    from patchpilot.planning import build_plan, is_frozen_file
 
     opts = _options(ctx, check=check, yes=yes)
     engine = state(ctx).engine()
@@ -271,8 +272,8 @@ def _apply(
             hint="patchpilot apply PLAN.yml -i INVENTORY (or --resume RUN_ID)",
         )
     if is_frozen_file(plan_file):
-        frozen, data = load_frozen_plan(plan_file)
-        spec = frozen.spec
+        frozen = load_frozen(plan_file)
+        spec, data = frozen.spec, frozen.data
         info(f"frozen plan {spec.name} (sha256 {frozen.sha256[:16]}...), made {frozen.created_at}")
     else:
         built = build_plan(engine, plan_file, inventory, thresholds=risk_thresholds(ctx))

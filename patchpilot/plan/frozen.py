@@ -36,6 +36,9 @@ class FrozenPlan:
     expansion: dict[str, Any]  # ExpandedPlan.to_dict() as written
     inventory: dict[str, Any]
     sha256: str
+    # The whole document as verified, what a run records and executes: taken from this
+    # object, never read from the file again (it may have changed since it was checked).
+    data: dict[str, Any]
 
     def host_updates(self, host: str) -> list[dict[str, Any]]:
         """The exact updates (package, arch, from, to) frozen for one host."""
@@ -169,6 +172,7 @@ def load_frozen(path: str | Path) -> FrozenPlan:
         expansion=data["expansion"],
         inventory=data["inventory"],
         sha256=data["sha256"],
+        data=data,
     )
 
 

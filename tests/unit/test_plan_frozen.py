@@ -122,6 +122,10 @@ def test_round_trip(frozen_file: Path, spec: PlanSpec, expanded: ExpandedPlan) -
     assert frozen.inventory["down"] == {"os_release": "x", "groups": ["db"], "reachable": False}
     raw = json.loads(frozen_file.read_text())
     assert raw["sha256"] == content_hash(raw) == frozen.sha256
+    # What a run executes is the document that was verified, not a second read of the file.
+    assert frozen.data == raw
+    frozen_file.write_text("{}")
+    assert frozen.data == raw and frozen.data["sha256"] == frozen.sha256
 
 
 def test_layout_does_not_matter(frozen_file: Path) -> None:
