@@ -29,7 +29,7 @@ from patchpilot.fleetops import LOCK_TIMEOUT, FleetOps, HostResult, PatchRequest
 from patchpilot.health.checks import CheckSpec, validate_check
 from patchpilot.health.judge import judge_host
 from patchpilot.health.policy import VerdictPolicy, batch_verdict, host_verdict
-from patchpilot.health.types import HostVerdict, Measurement, Threshold, Verdict
+from patchpilot.health.types import BatchVerdict, HostVerdict, Measurement, Threshold, Verdict
 from patchpilot.plan.expand import budget_exceeded
 from patchpilot.plan.spec import FailureBudget, PlanSpec, parse_duration, plan_from_dict
 from patchpilot.plan.window import in_window, next_window
@@ -751,196 +751,280 @@ def _saved_baseline(ctx: _Ctx, stage: int, batch: int) -> dict[str, Any] | None:
         return None if row is None else dict(row.detail)
 
 
-def _run_batch(ctx: _Ctx, si: int, bi: int) -> RunSummary | None:
-    stage = ctx.stages[si]
-    settings = stage["settings"]
-    specs = check_specs(settings)
-    rows = [r for r in _hosts(ctx, stage=si, batch=bi)]
+@dataclass
+class _Batch:
+    """One batch as its steps see it: where it is in the plan, and what each step hands on
+    to the next (the store holds the hosts' states; this holds what is not in it yet)."""
 
-    # 1. Hosts caught mid-rollback by a crash: do it again (it installs fixed versions).
+    si: int
+    bi: int
+    stage: dict[str, Any]
+    specs: list[CheckSpec]
+    todo: list[RunHost] = field(default_factory=list)  # hosts still to patch
+    controls: list[str] = field(default_factory=list)
+    baseline: dict[str, list[Measurement]] = field(default_factory=dict)
+    after: dict[str, list[Measurement]] = field(default_factory=dict)
+    patch_started: float = 0.0
+    verdict: BatchVerdict | None = None
+    unclear: list[HostVerdict] = field(default_factory=list)
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        return dict(self.stage["settings"])
+
+    @property
+    def on_failure(self) -> str:
+        return str(self.settings.get("on_failure", "rollback_wave"))
+
+    def rows(self, ctx: _Ctx) -> list[RunHost]:
+        return _hosts(ctx, stage=self.si, batch=self.bi)
+
+    def patched(self, ctx: _Ctx) -> list[RunHost]:
+        return [r for r in self.rows(ctx) if r.status == "patched"]
+
+
+def _resume_rollbacks(ctx: _Ctx, b: _Batch) -> RunSummary | None:
+    """Hosts caught mid-rollback by a crash are rolled back again (it installs fixed
+    versions); then the hosts still to patch are known."""
+    rows = b.rows(ctx)
     interrupted = [r for r in rows if r.status == "rolling_back"]
     if interrupted:
-        _rollback(ctx, interrupted, reason="resumed after a crash", stage=si, batch=bi, specs=specs)
-        rows = _hosts(ctx, stage=si, batch=bi)
-    todo = [r for r in rows if r.status in TODO]
+        _rollback(
+            ctx, interrupted, reason="resumed after a crash", stage=b.si, batch=b.bi, specs=b.specs
+        )
+        rows = b.rows(ctx)
+    b.todo = [r for r in rows if r.status in TODO]
+    b.controls = _controls(ctx, b.si, b.bi, rows)
+    return None
 
-    # 2. Baseline: the batch's hosts before the patch, and unpatched control hosts.
-    controls = _controls(ctx, si, bi, rows)
-    saved = _saved_baseline(ctx, si, bi)
+
+def _take_baseline(ctx: _Ctx, b: _Batch) -> RunSummary | None:
+    """The batch's hosts before the patch, and the unpatched control hosts; a baseline
+    recorded before a crash is used as it was."""
+    saved = _saved_baseline(ctx, b.si, b.bi)
     if saved is not None:
-        baseline = _measurements_from_json(saved.get("measurements", {}))
-        controls = list(saved.get("controls", controls))
-    elif specs and todo and not ctx.opts.check:
-        with _step(ctx, "baseline", stage=si, batch=bi, hosts=[r.host for r in todo]) as d:
-            baseline = ctx.ops.measure(specs, [r.host for r in todo] + controls, since=None)
-            d["measurements"] = _measurements_to_json(baseline)
-            d["controls"] = controls
-    else:
-        baseline = {}
+        b.baseline = _measurements_from_json(saved.get("measurements", {}))
+        b.controls = list(saved.get("controls", b.controls))
+    elif b.specs and b.todo and not ctx.opts.check:
+        hosts = [r.host for r in b.todo]
+        with _step(ctx, "baseline", stage=b.si, batch=b.bi, hosts=hosts) as d:
+            b.baseline = ctx.ops.measure(b.specs, hosts + b.controls, since=None)
+            d["measurements"] = _measurements_to_json(b.baseline)
+            d["controls"] = b.controls
+    return None
 
-    # 3. Patch: preflight, snapshot, rollback artifacts and install, in one pass on each
-    # host. A host recorded as patching again after a crash is sent again: its snapshot
-    # persisted on the host is the one returned, and apt installs nothing a second time.
-    patch_started = time.time()
-    if todo:
-        resumed = {r.host for r in todo if r.status == "patching"}
-        for r in todo:
-            _update_host(ctx, r.host, status="patching")
-        with _step(ctx, "patch", stage=si, batch=bi, hosts=[r.host for r in todo]) as d:
-            res = _patch_batch(ctx, [r.host for r in todo])
-            d["results"] = {
-                h: {
-                    "status": x.status,
-                    "phase": x.phase,
-                    "message": x.message,
-                    "installed": x.installed,
-                    "rebooted": x.rebooted,
-                }
-                for h, x in res.items()
-            }
-        _patched(ctx, si, bi, todo, res, resumed)
-    if ctx.opts.check:
+
+def _patch(ctx: _Ctx, b: _Batch) -> RunSummary | None:
+    """Preflight, snapshot, rollback artifacts and install, in one pass on each host. A host
+    recorded as patching again after a crash is sent again: its snapshot persisted on the
+    host is the one returned, and apt installs nothing a second time."""
+    b.patch_started = time.time()
+    if not b.todo:
         return None
+    hosts = [r.host for r in b.todo]
+    resumed = {r.host for r in b.todo if r.status == "patching"}
+    for h in hosts:
+        _update_host(ctx, h, status="patching")
+    with _step(ctx, "patch", stage=b.si, batch=b.bi, hosts=hosts) as d:
+        res = _patch_batch(ctx, hosts)
+        d["results"] = {
+            h: {
+                "status": x.status,
+                "phase": x.phase,
+                "message": x.message,
+                "installed": x.installed,
+                "rebooted": x.rebooted,
+            }
+            for h, x in res.items()
+        }
+    _patched(ctx, b.si, b.bi, b.todo, res, resumed)
+    return None
 
-    rows = _hosts(ctx, stage=si, batch=bi)
-    patched = [r for r in rows if r.status == "patched"]
 
-    # 4. Soak, then 5. measure the patched hosts and the controls again.
-    soak = parse_duration(settings.get("soak") or 0)
-    if patched and soak:
-        with _step(ctx, "soak", stage=si, batch=bi, seconds=soak):
+def _soak(ctx: _Ctx, b: _Batch) -> RunSummary | None:
+    soak = parse_duration(b.settings.get("soak") or 0)
+    if soak and b.patched(ctx):
+        with _step(ctx, "soak", stage=b.si, batch=b.bi, seconds=soak):
             ctx.say(f"  soaking {soak}s")
             ctx.opts.sleep(soak)
-    after: dict[str, list[Measurement]] = {}
-    if patched and specs:
-        with _step(ctx, "health", stage=si, batch=bi, hosts=[r.host for r in patched]) as d:
-            t0 = time.time()
-            after = ctx.ops.measure(
-                specs, [r.host for r in patched] + controls, since=patch_started
-            )
-            d["measurements"] = _measurements_to_json(after)
-            d["controls"] = controls
-            d["seconds"] = round(time.time() - t0, 2)
+    return None
 
-    # 6. The verdict.
-    policy = verdict_policy(ctx.spec)
-    shadow = ctx.shadow
-    control = [m for c in controls for m in after.get(c, [])]
+
+def _measure(ctx: _Ctx, b: _Batch) -> RunSummary | None:
+    """The patched hosts and the controls, measured again at the same moment."""
+    patched = [r.host for r in b.patched(ctx)]
+    if patched and b.specs:
+        with _step(ctx, "health", stage=b.si, batch=b.bi, hosts=patched) as d:
+            t0 = time.time()
+            b.after = ctx.ops.measure(b.specs, patched + b.controls, since=b.patch_started)
+            d["measurements"] = _measurements_to_json(b.after)
+            d["controls"] = b.controls
+            d["seconds"] = round(time.time() - t0, 2)
+    return None
+
+
+def _give_verdict(ctx: _Ctx, b: _Batch) -> RunSummary | None:
+    """Each patched host judged against its baseline and the controls, and the batch's
+    verdict recorded with its evidence (in shadow mode recorded only); unhealthy hosts are
+    marked failed. A stage without health checks is judged by its installs alone."""
+    patched = b.patched(ctx)
+    if not b.specs:
+        if patched:
+            ctx.say("  no health checks in this stage: judged by the install alone")
+        return None
+    control = [m for c in b.controls for m in b.after.get(c, [])]
     verdicts = [
         _judge(
             ctx,
             r.host,
-            after.get(r.host, []),
-            baseline=baseline.get(r.host, []),
+            b.after.get(r.host, []),
+            baseline=b.baseline.get(r.host, []),
             control=control,
-            specs=specs,
+            specs=b.specs,
         )
-        for r in (patched if specs else [])  # no checks: the install alone decides
+        for r in patched
     ]
-    bv = batch_verdict(verdicts, policy) if verdicts else None
-    unhealthy = {v.host for v in verdicts if v.verdict == Verdict.UNHEALTHY}
+    if not verdicts:
+        return None
+    b.verdict = bv = batch_verdict(verdicts, verdict_policy(ctx.spec))
+    unhealthy = [v for v in verdicts if v.verdict == Verdict.UNHEALTHY]
     unclear = [v for v in verdicts if v.verdict in (Verdict.DEGRADED, Verdict.INCONCLUSIVE)]
-    if not specs and patched:
-        ctx.say("  no health checks in this stage: judged by the install alone")
-    if bv is not None:
-        action = "continue"
-        if unhealthy:
-            action = "rollback failed hosts"
-        elif unclear:
-            action = "pause"
-        with session_scope(ctx.engine) as s:
-            s.add(
-                RunVerdict(
-                    run_id=ctx.run_id,
-                    stage=si,
-                    batch=bi,
-                    verdict=bv.verdict.label,
-                    action=f"would {action}" if shadow else action,
-                    shadow=shadow,
-                    evidence={
-                        **bv.to_dict(),
-                        "controls": controls,
-                        "patch_started": patch_started,
-                    },
-                )
+    action = "rollback failed hosts" if unhealthy else "pause" if unclear else "continue"
+    shadow = ctx.shadow
+    with session_scope(ctx.engine) as s:
+        s.add(
+            RunVerdict(
+                run_id=ctx.run_id,
+                stage=b.si,
+                batch=b.bi,
+                verdict=bv.verdict.label,
+                action=f"would {action}" if shadow else action,
+                shadow=shadow,
+                evidence={**bv.to_dict(), "controls": b.controls, "patch_started": b.patch_started},
             )
-        ctx.say(
-            f"  verdict: {bv.verdict.label}{' (shadow mode: not acted on)' if shadow else ''}"
-            f" - {bv.reason}"
         )
+    ctx.say(
+        f"  verdict: {bv.verdict.label}{' (shadow mode: not acted on)' if shadow else ''}"
+        f" - {bv.reason}"
+    )
     if shadow:
-        unhealthy, unclear = set(), []
-    for h in unhealthy:
-        reason = next(v.reason for v in verdicts if v.host == h)
-        _update_host(ctx, h, status="failed", failure="health_failed", message=reason)
+        return None
+    b.unclear = unclear
+    for v in unhealthy:
+        _update_host(ctx, v.host, status="failed", failure="health_failed", message=v.reason)
+    return None
 
-    # 7. Failures: restore what broke, then the budget decides.
-    rows = _hosts(ctx, stage=si, batch=bi)
-    on_failure = str(settings.get("on_failure", "rollback_wave"))
-    # Touched hosts (a snapshot was taken) that failed are put back; a host that failed its
-    # preflight was never changed.
+
+def _restore_failed(ctx: _Ctx, b: _Batch) -> RunSummary | None:
+    """Touched hosts (a snapshot was taken) that failed are put back, unless the stage
+    halts as it is; a host that failed its preflight was never changed. Then every host's
+    outcome is recorded for the risk model."""
     broken = [
         r
-        for r in rows
+        for r in b.rows(ctx)
         if r.status == "failed"
         and r.snapshot
         and r.failure in ("install_failed", "health_failed", "unreachable")
     ]
-    if broken and on_failure != "halt":
-        _rollback(ctx, broken, reason="failed in this batch", stage=si, batch=bi, specs=specs)
-    _record_outcomes(ctx, si, bi)
+    if broken and b.on_failure != "halt":
+        _rollback(ctx, broken, reason="failed in this batch", stage=b.si, batch=b.bi, specs=b.specs)
+    _record_outcomes(ctx, b.si, b.bi)
+    return None
+
+
+def _enforce_budget(ctx: _Ctx, b: _Batch) -> RunSummary | None:
+    """Failures over the whole run so far against the failure budget; past it, an incident
+    and the stage's on_failure: pause, or roll back the wave or everything, and fail."""
     all_rows = _hosts(ctx)
     failures = sum(1 for r in all_rows if r.failure and r.failure != "unreachable")
     unreachable = sum(1 for r in all_rows if r.failure == "unreachable")
     budget = _budget(ctx)
-    if budget_exceeded(failures, unreachable, len(all_rows), budget):
-        allowed = ctx.expansion["failure_budget"].get("allowed")
-        counted = failures + (unreachable if budget.unreachable_counts else 0)
-        reason = (
-            f"failure budget exceeded in stage {stage['name']}: {counted} host(s) counted "
-            f"({failures} failed, {unreachable} unreachable"
-            f"{'' if budget.unreachable_counts else ', not counted'}), {allowed} allowed"
-        )
-        with session_scope(ctx.engine) as s:
-            s.add(
-                Incident(
-                    run_id=ctx.run_id,
-                    stage=si,
-                    batch=bi,
-                    hosts=[r.host for r in rows if r.failure],
-                    reason=reason,
-                    evidence={"verdict": bv.to_dict() if bv else None, "on_failure": on_failure},
-                )
+    if not budget_exceeded(failures, unreachable, len(all_rows), budget):
+        return None
+    allowed = ctx.expansion["failure_budget"].get("allowed")
+    counted = failures + (unreachable if budget.unreachable_counts else 0)
+    reason = (
+        f"failure budget exceeded in stage {b.stage['name']}: {counted} host(s) counted "
+        f"({failures} failed, {unreachable} unreachable"
+        f"{'' if budget.unreachable_counts else ', not counted'}), {allowed} allowed"
+    )
+    on_failure = b.on_failure
+    with session_scope(ctx.engine) as s:
+        s.add(
+            Incident(
+                run_id=ctx.run_id,
+                stage=b.si,
+                batch=b.bi,
+                hosts=[r.host for r in b.rows(ctx) if r.failure],
+                reason=reason,
+                evidence={
+                    "verdict": b.verdict.to_dict() if b.verdict else None,
+                    "on_failure": on_failure,
+                },
             )
-        if on_failure == "pause":
-            return _pause(ctx, reason, stage=si, batch=bi + 1)
-        if on_failure in ("rollback_wave", "rollback_all"):
-            scope = [
-                r
-                for r in _hosts(ctx)
-                if r.status in PATCHED and (on_failure == "rollback_all" or r.stage == si)
-            ]
-            if scope:
-                _rollback(
-                    ctx,
-                    scope,
-                    reason=f"{on_failure.replace('_', ' ')} after: {reason}",
-                    stage=si,
-                    batch=bi,
-                    specs=specs,
-                )
-        return _finish(ctx, "failed", reason)
-    for r in _hosts(ctx, stage=si, batch=bi):
-        if r.status == "patched" and r.host not in {v.host for v in unclear}:
-            _update_host(ctx, r.host, status="healthy")
-    if unclear:
-        reason = "; ".join(f"{v.host}: {v.verdict.label} ({v.reason})" for v in unclear)
-        return _pause(
-            ctx,
-            f"health unclear after batch {bi + 1} of stage {stage['name']}: {reason}",
-            stage=si,
-            batch=bi + 1,
         )
+    if on_failure == "pause":
+        return _pause(ctx, reason, stage=b.si, batch=b.bi + 1)
+    if on_failure in ("rollback_wave", "rollback_all"):
+        scope = [
+            r
+            for r in all_rows
+            if r.status in PATCHED and (on_failure == "rollback_all" or r.stage == b.si)
+        ]
+        if scope:
+            _rollback(
+                ctx,
+                scope,
+                reason=f"{on_failure.replace('_', ' ')} after: {reason}",
+                stage=b.si,
+                batch=b.bi,
+                specs=b.specs,
+            )
+    return _finish(ctx, "failed", reason)
+
+
+def _settle(ctx: _Ctx, b: _Batch) -> RunSummary | None:
+    """Patched hosts with a clear verdict are healthy; an unclear one pauses the run before
+    the next batch."""
+    unclear = {v.host for v in b.unclear}
+    for r in b.patched(ctx):
+        if r.host not in unclear:
+            _update_host(ctx, r.host, status="healthy")
+    if not b.unclear:
+        return None
+    reason = "; ".join(f"{v.host}: {v.verdict.label} ({v.reason})" for v in b.unclear)
+    return _pause(
+        ctx,
+        f"health unclear after batch {b.bi + 1} of stage {b.stage['name']}: {reason}",
+        stage=b.si,
+        batch=b.bi + 1,
+    )
+
+
+BatchStep = Callable[[_Ctx, _Batch], RunSummary | None]
+# A batch's steps, in the order the engine walks them; a step that returns a summary ends
+# the run there (failed, paused). Each step journals what it does (`_step`), so a resumed
+# run finds where it stopped. Check mode walks only the first three: the patch is
+# Ansible's check mode, and there is nothing to judge.
+CHECK_STEPS: tuple[BatchStep, ...] = (_resume_rollbacks, _take_baseline, _patch)
+BATCH_STEPS: tuple[BatchStep, ...] = (
+    *CHECK_STEPS,
+    _soak,
+    _measure,
+    _give_verdict,
+    _restore_failed,
+    _enforce_budget,
+    _settle,
+)
+
+
+def _run_batch(ctx: _Ctx, si: int, bi: int) -> RunSummary | None:
+    stage = ctx.stages[si]
+    b = _Batch(si, bi, stage, check_specs(stage["settings"]))
+    for step in CHECK_STEPS if ctx.opts.check else BATCH_STEPS:
+        summary = step(ctx, b)
+        if summary is not None:
+            return summary
     return None
 
 
