@@ -184,15 +184,26 @@ def main():
     result["held"] = sorted(n for n, (_, _, held) in before.items() if held)
     if result["held"]:
         problems.append("held on the host: " + ", ".join(result["held"]))
-    if problems:
-        fail("; ".join(problems))
-
-    # 2. Snapshot and rollback artifacts. A target seen before through this directory keeps
-    # the version it had then: after a crash mid-install the host may already be on it.
     rc, native, _ = run(["dpkg", "--print-architecture"])
     native = native.strip() or "all"
     snap_path = os.path.join(p["rollback_dir"], SNAPSHOT)
     saved = load_snapshot(snap_path)
+    if problems:
+        # A host this run touched before (its snapshot is saved here: dpkg left interrupted
+        # by a crash mid-install, say) reports the versions it had and the .debs kept for
+        # them, so that it can be put back although it cannot be patched.
+        for name, version in sorted(targets.items()):
+            old = saved.get(name)
+            if isinstance(old, dict) and old.get("to") == version and old.get("from"):
+                result["snapshot"][name] = old["from"]
+                kept_deb = os.path.join(p["rollback_dir"], deb_filename(
+                    name, old["from"], old.get("arch") or native))
+                if os.path.exists(kept_deb):
+                    result["artifacts"][name] = kept_deb
+        fail("; ".join(problems))
+
+    # 2. Snapshot and rollback artifacts. A target seen before through this directory keeps
+    # the version it had then: after a crash mid-install the host may already be on it.
     if not module.check_mode and not os.path.isdir(p["rollback_dir"]):
         os.makedirs(p["rollback_dir"], 0o700)
     record = dict(saved)

@@ -54,6 +54,10 @@ class FakeFleet:
     down: set[str] = field(default_factory=set)
     calls: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)
     crash_after_patch: bool = False
+    # The process dies while dpkg is configuring: the host keeps its snapshot and is left
+    # with dpkg interrupted, which fails the next preflight.
+    crash_mid_install: bool = False
+    interrupted: set[str] = field(default_factory=set)
     # What patchpilot_patch keeps on each host: {(rollback_dir, host): {pkg: (from, to)}}.
     saved: dict[tuple[str, str], dict[str, tuple[str, str]]] = field(default_factory=dict)
     opened: list[PatchRequest] = field(default_factory=list)
@@ -132,6 +136,17 @@ class FakePatchRun:
                 out[h] = HostResult("unreachable", "Connection timed out")
                 continue
             saved = fleet.saved.setdefault((rollback_dir, h), {})
+            if h in fleet.interrupted:  # as patchpilot_patch reports a touched host
+                snapshot = {pkg: frm for pkg, (frm, to) in saved.items()}
+                out[h] = HostResult(
+                    "failed",
+                    "dpkg was interrupted or left packages half-configured",
+                    versions=dict(fleet.installed[h]),
+                    phase="preflight",
+                    snapshot=snapshot,
+                    artifacts={p: f"{rollback_dir}/{p}_{v}_all.deb" for p, v in snapshot.items()},
+                )
+                continue
             snapshot = {}
             for item in install[h]:
                 pkg, ver = item.split("=")
@@ -141,6 +156,10 @@ class FakePatchRun:
                     snapshot[pkg] = fleet.installed[h][pkg]
                     if not self.request.check:
                         saved[pkg] = (snapshot[pkg], ver)
+            if fleet.crash_mid_install:
+                fleet.interrupted.add(h)
+                fleet.installed[h].update(item.split("=") for item in install[h])  # unpacked
+                raise KeyboardInterrupt("simulated crash")
             installed, failed = [], False
             for item in install[h]:
                 pkg, ver = item.split("=")
@@ -318,6 +337,18 @@ def test_a_host_silent_during_its_patch_is_unknown_until_rolled_back_by_name(eng
     assert fleet.installed["web03"] == {"demoweb": "1.0-1"}  # the plan's from version
 
 
+def _make_stale(engine, run_id: str) -> None:  # type: ignore[no-untyped-def]
+    """The run's process died: its pid is gone, so its locks are stale."""
+    with session_scope(engine) as s:
+        for lock in s.exec(select(HostLock)).all():
+            lock.pid = 999_999_999
+            s.add(lock)
+        run = s.get(Run, run_id)
+        assert run is not None
+        run.pid = 999_999_999
+        s.add(run)
+
+
 def test_a_crash_after_patching_resumes_without_patching_twice(engine) -> None:  # type: ignore[no-untyped-def]
     spec, data = _frozen(3)
     fleet = _fleet(3, crash_after_patch=True)
@@ -329,14 +360,7 @@ def test_a_crash_after_patching_resumes_without_patching_twice(engine) -> None: 
         host = s.exec(select(RunHost).where(RunHost.host == canary)).one()
         # Killed before the results were recorded: the snapshot is only on the host.
         assert host.status == "patching" and host.snapshot == {}
-        # The process died: its pid is gone, so its locks are stale.
-        for lock in s.exec(select(HostLock)).all():
-            lock.pid = 999_999_999
-            s.add(lock)
-        run = s.get(Run, run_id)
-        assert run is not None
-        run.pid = 999_999_999
-        s.add(run)
+    _make_stale(engine, run_id)
     fleet.crash_after_patch = False
     messages: list[str] = []
     summary = resume_run(engine, run_id, ops=fleet, opts=_opts(progress=messages.append))
@@ -349,6 +373,29 @@ def test_a_crash_after_patching_resumes_without_patching_twice(engine) -> None: 
     with session_scope(engine) as s:
         host = s.exec(select(RunHost).where(RunHost.host == canary)).one()
         assert host.snapshot == {"demoweb": "1.0-1"}  # the host's own snapshot, recovered
+
+
+def test_a_crash_mid_install_resumes_by_rolling_the_host_back(engine) -> None:  # type: ignore[no-untyped-def]
+    spec, data = _frozen(3)
+    fleet = _fleet(3, crash_mid_install=True)
+    with pytest.raises(KeyboardInterrupt):
+        start_run(engine, spec, data, inventory="inv", ops=fleet, opts=_opts())
+    run_id = _only_run(engine)
+    (canary,) = fleet.interrupted
+    _make_stale(engine, run_id)
+    fleet.crash_mid_install = False
+    summary = resume_run(engine, run_id, ops=fleet, opts=_opts())
+    # Its dpkg is broken, so it cannot be patched: it is put back from what the host kept,
+    # although the store never heard of its snapshot, and the budget (0) stops the run.
+    assert summary.status == "failed" and summary.exit_code == ExitCode.FAILED
+    assert fleet.installed[canary]["demoweb"] == "1.0-1"
+    assert ("rollback", (canary,)) in fleet.calls
+    with session_scope(engine) as s:
+        host = s.exec(select(RunHost).where(RunHost.host == canary)).one()
+        assert host.status == "rolled_back" and host.failure == "install_failed"
+        assert host.snapshot == {"demoweb": "1.0-1"}
+    assert not [h for batch in _order(fleet, "install") for h in batch]
+    assert all(fleet.installed[h]["demoweb"] == "1.0-1" for h in fleet.installed)
 
 
 def test_a_patch_process_started_before_the_run_is_adopted_only_when_identical(engine) -> None:  # type: ignore[no-untyped-def]
