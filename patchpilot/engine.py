@@ -52,6 +52,8 @@ log = logging.getLogger(__name__)
 MAX_CONTROLS = 3
 TERMINAL = {"healthy", "failed", "rolled_back", "rollback_failed", "skipped"}
 PATCHED = {"patched", "healthy"}
+# What a manual rollback takes: patched hosts, and hosts whose rollback did not finish.
+RESTORABLE = PATCHED | {"rolling_back", "rollback_failed"}
 
 
 class RunLocked(PatchpilotError):
@@ -437,6 +439,12 @@ def resume_run(
             f"run {run_id} is {run.status}: there is nothing to resume",
             hint="start a new run with `patchpilot apply`",
         )
+    if run.status == "paused" and not approve:
+        raise BadInputError(
+            f"run {run_id} is paused: {run.pause_reason}",
+            hint=f"continue it with `patchpilot approve {run_id}` or stop it with "
+            f"`patchpilot abort {run_id}`",
+        )
     _, controller = _who()
     if (
         run.status == "running"
@@ -467,7 +475,21 @@ def resume_run(
     _update_run(ctx, status="running", pid=os.getpid(), pause_reason=None)
     if run.status == "running":
         ctx.say(f"resuming run {run_id} after an interruption")
+    _finish_interrupted_rollbacks(ctx)
     return _drive(ctx)
+
+
+def _finish_interrupted_rollbacks(ctx: _Ctx) -> None:
+    """Hosts a crash caught mid-rollback, in any stage (a stage-wide or whole-run rollback
+    spans batches), are rolled back again before anything else: it installs fixed versions,
+    so doing it twice is safe, and each is verified with its own stage's checks."""
+    by_stage: dict[int, list[RunHost]] = {}
+    for r in _hosts(ctx):
+        if r.status == "rolling_back":
+            by_stage.setdefault(r.stage, []).append(r)
+    for si, rows in sorted(by_stage.items(), reverse=True):
+        specs = check_specs(ctx.stages[si]["settings"])
+        _rollback(ctx, rows, reason="resumed after a crash", stage=si, batch=None, specs=specs)
 
 
 def abort_run(engine: Engine, run_id: str, *, reason: str | None = None) -> RunSummary:
@@ -509,13 +531,16 @@ def _approved(ctx: _Ctx, stage: int) -> bool:
         return row is not None
 
 
-def _pause(ctx: _Ctx, reason: str, *, stage: int, batch: int) -> RunSummary | None:
-    """Wait for a human: at a prompt when one is there, else exit 'paused' for
+def _pause(
+    ctx: _Ctx, reason: str, *, stage: int, batch: int, ask: bool = True
+) -> RunSummary | None:
+    """Wait for a human: at a prompt when one is there (and `ask`), else exit 'paused' for
     `patchpilot approve`. Returns None when approved at the prompt (go on)."""
     with _step(ctx, "pause", stage=stage, batch=batch) as d:
         d["reason"] = reason
     ctx.say(f"PAUSED: {reason}")
-    if ctx.opts.confirm is not None and ctx.opts.confirm(f"{reason}. Approve and continue?"):
+    confirm = ctx.opts.confirm if ask else None
+    if confirm is not None and confirm(f"{reason}. Approve and continue?"):
         with session_scope(ctx.engine) as s:
             audit(s, "approve", run_id=ctx.run_id, reason=reason, at_prompt=True)
         with _step(ctx, "approve", stage=stage, batch=batch) as d:
@@ -608,15 +633,22 @@ def _drive_batches(ctx: _Ctx) -> RunSummary:
             continue
         stage_started = any(h.status != "pending" for h in _hosts(ctx, stage=si))
         if not stage_started and not ctx.opts.check:
-            if spec.window is not None and not in_window(spec.window, ctx.opts.now()):
+            now = ctx.opts.now()
+            if spec.window is not None and not in_window(spec.window, now):
+                # A rule, not a question of evidence: no answer at a prompt overrides it, and
+                # an approval outside a window pauses again here.
+                opens, closes = next_window(spec.window, now)
                 summary = _pause(
                     ctx,
-                    f"the maintenance window has ended; stage {stage['name']} was not started",
+                    f"the maintenance window has ended; stage {stage['name']} was not started "
+                    f"(approve it within the next window, {opens.isoformat()} to "
+                    f"{closes.isoformat()})",
                     stage=si,
                     batch=0,
+                    ask=False,
                 )
-                if summary is not None:
-                    return summary
+                assert summary is not None
+                return summary
             if stage["settings"].get("approval") and not _approved(ctx, si):
                 summary = _pause(
                     ctx, f"stage {stage['name']} needs approval before it starts", stage=si, batch=0
@@ -636,13 +668,16 @@ def _drive_batches(ctx: _Ctx) -> RunSummary:
     states = _host_states(ctx)
     if ctx.opts.check:
         return _finish(ctx, "check", "check mode: nothing was changed")
-    failed = sorted(h for h, st in states.items() if st not in ("healthy",))
-    if failed:
+    failed = sorted(h for h, st in states.items() if st not in ("healthy", "skipped"))
+    skipped = sorted(h for h, st in states.items() if st == "skipped")
+    if failed or skipped:
+        healthy = len(states) - len(failed) - len(skipped)
         return _finish(
             ctx,
             "partial",
-            f"{len(states) - len(failed)} of {len(states)} hosts patched and healthy; "
-            f"failed within the budget: {', '.join(failed)}",
+            f"{healthy} of {len(states)} hosts patched and healthy"
+            + (f"; failed within the budget: {', '.join(failed)}" if failed else "")
+            + (f"; skipped (packages held on the host): {', '.join(skipped)}" if skipped else ""),
         )
     return _finish(ctx, "succeeded", f"all {len(states)} hosts patched and healthy")
 
@@ -783,16 +818,10 @@ class _Batch:
         return [r for r in self.rows(ctx) if r.status == "patched"]
 
 
-def _resume_rollbacks(ctx: _Ctx, b: _Batch) -> RunSummary | None:
-    """Hosts caught mid-rollback by a crash are rolled back again (it installs fixed
-    versions); then the hosts still to patch are known."""
+def _find_todo(ctx: _Ctx, b: _Batch) -> RunSummary | None:
+    """The batch's hosts still to patch (all of them, or after a crash those it had not
+    finished), and the unpatched hosts that serve as its controls."""
     rows = b.rows(ctx)
-    interrupted = [r for r in rows if r.status == "rolling_back"]
-    if interrupted:
-        _rollback(
-            ctx, interrupted, reason="resumed after a crash", stage=b.si, batch=b.bi, specs=b.specs
-        )
-        rows = b.rows(ctx)
     b.todo = [r for r in rows if r.status in TODO]
     b.controls = _controls(ctx, b.si, b.bi, rows)
     return None
@@ -936,7 +965,10 @@ def _enforce_budget(ctx: _Ctx, b: _Batch) -> RunSummary | None:
     """Failures over the whole run so far against the failure budget; past it, an incident
     and the stage's on_failure: pause, or roll back the wave or everything, and fail."""
     all_rows = _hosts(ctx)
-    failures = sum(1 for r in all_rows if r.failure and r.failure != "unreachable")
+    # A host skipped because a package was held on it is the operator's choice, no failure.
+    failures = sum(
+        1 for r in all_rows if r.failure and r.failure != "unreachable" and r.status != "skipped"
+    )
     unreachable = sum(1 for r in all_rows if r.failure == "unreachable")
     budget = _budget(ctx)
     if not budget_exceeded(failures, unreachable, len(all_rows), budget):
@@ -1006,7 +1038,7 @@ BatchStep = Callable[[_Ctx, _Batch], RunSummary | None]
 # the run there (failed, paused). Each step journals what it does (`_step`), so a resumed
 # run finds where it stopped. Check mode walks only the first three: the patch is
 # Ansible's check mode, and there is nothing to judge.
-CHECK_STEPS: tuple[BatchStep, ...] = (_resume_rollbacks, _take_baseline, _patch)
+CHECK_STEPS: tuple[BatchStep, ...] = (_find_todo, _take_baseline, _patch)
 BATCH_STEPS: tuple[BatchStep, ...] = (
     *CHECK_STEPS,
     _soak,
@@ -1297,13 +1329,14 @@ def rollback_run(
         r
         for r in rows
         if (not hosts or r.host in hosts)
-        and (r.status in PATCHED or (hosts and r.failure == "unreachable"))
+        and (r.status in RESTORABLE or (hosts and r.failure == "unreachable"))
     ]
     if not scope:
         raise BadInputError(
             f"nothing to roll back in run {run_id}" + (f" for {', '.join(hosts)}" if hosts else ""),
-            hint="only hosts the run patched (status patched or healthy), or named hosts that "
-            "stopped answering during their patch, can be rolled back",
+            hint="only hosts the run patched (status patched or healthy) or whose rollback was "
+            "interrupted or failed, or named hosts that stopped answering during their patch, "
+            "can be rolled back",
         )
     acquire_locks(engine, f"{run_id}", [r.host for r in scope], progress=ctx.say)
     try:

@@ -58,6 +58,9 @@ class FakeFleet:
     # with dpkg interrupted, which fails the next preflight.
     crash_mid_install: bool = False
     interrupted: set[str] = field(default_factory=set)
+    broken_hosts: set[str] = field(default_factory=set)  # answer HTTP 500 once patched
+    held: set[str] = field(default_factory=set)  # demoweb put on hold there after planning
+    crash_in_rollback: int | None = None  # the process dies in this rollback call (1-based)
     # What patchpilot_patch keeps on each host: {(rollback_dir, host): {pkg: (from, to)}}.
     saved: dict[tuple[str, str], dict[str, tuple[str, str]]] = field(default_factory=dict)
     opened: list[PatchRequest] = field(default_factory=list)
@@ -74,6 +77,8 @@ class FakeFleet:
         lock_timeout: int,
     ) -> dict[str, HostResult]:
         self.calls.append(("rollback", tuple(restore)))
+        if self.crash_in_rollback == len(_order(self, "rollback")):
+            raise KeyboardInterrupt("simulated crash")
         out = {}
         for h, items in restore.items():
             if h in self.down:
@@ -97,7 +102,8 @@ class FakeFleet:
                     Measurement("ssh", "reachable", "bool", (0.0,), Direction.LOWER_IS_WORSE, True)
                 ]
                 continue
-            bad = self.installed[h].get("demoweb") in self.broken
+            version = self.installed[h].get("demoweb")
+            bad = version in self.broken or (h in self.broken_hosts and version != "1.0-1")
             out[h] = [
                 Measurement("http", "error_rate", "%", (100.0 if bad else 0.0,), critical=True),
                 Measurement(
@@ -136,6 +142,11 @@ class FakePatchRun:
                 out[h] = HostResult("unreachable", "Connection timed out")
                 continue
             saved = fleet.saved.setdefault((rollback_dir, h), {})
+            if h in fleet.held:
+                out[h] = HostResult(
+                    "failed", "held on the host: demoweb", phase="preflight", held=["demoweb"]
+                )
+                continue
             if h in fleet.interrupted:  # as patchpilot_patch reports a touched host
                 snapshot = {pkg: frm for pkg, (frm, to) in saved.items()}
                 out[h] = HostResult(
@@ -481,11 +492,25 @@ def test_unclear_health_pauses_and_approve_continues(engine) -> None:  # type: i
         assert {lk.pid for lk in s.exec(select(HostLock)).all()} == {0}  # held while paused
     with pytest.raises(RunLocked):
         start_run(engine, spec, data, inventory="inv", ops=_fleet(3), opts=_opts())
-    summary = resume_run(engine, run_id, ops=_fleet(3), opts=_opts(), approve=True)
-    assert summary.status in ("succeeded", "paused")
+    # `apply --resume` does not get past a pause: only approve (or abort) does.
+    with pytest.raises(BadInputError) as exc:
+        resume_run(engine, run_id, ops=fleet, opts=_opts())
+    assert "is paused" in exc.value.message and "approve" in (exc.value.hint or "")
+    canary = _order(fleet, "patch")[0][0]
+    assert len(_order(fleet, "patch")) == 1
+    after = _fleet(3)
+    after.installed[canary]["demoweb"] = "1.1-1"
+    summary = resume_run(engine, run_id, ops=after, opts=_opts(), approve=True)
+    assert summary.status == "succeeded", summary.message
+    assert summary.hosts == {"web01": "healthy", "web02": "healthy", "web03": "healthy"}
+    assert sorted(h for b in _order(after, "patch") for h in b) == sorted(
+        {"web01", "web02", "web03"} - {canary}
+    )
     with session_scope(engine) as s:
         actions = [a.action for a in s.exec(select(AuditEvent).where(AuditEvent.run_id == run_id))]
+        host = s.exec(select(RunHost).where(RunHost.run_id == run_id, RunHost.host == canary)).one()
     assert "approve" in actions
+    assert host.message is not None and host.message.startswith("approved:")
 
 
 def test_abort_stops_a_paused_run_and_frees_its_hosts(engine) -> None:  # type: ignore[no-untyped-def]
@@ -578,16 +603,77 @@ def test_no_new_stage_starts_after_the_window_ends(engine) -> None:  # type: ign
     def clock() -> datetime:
         return NOW.replace(hour=4) if _order(fleet, "patch") else NOW
 
+    asked: list[str] = []
+
+    def yes(question: str) -> bool:
+        asked.append(question)
+        return True
+
     summary = start_run(
         engine,
         spec,
         data,
         inventory="inv",
         ops=fleet,
-        opts=ApplyOptions(now=clock, sleep=lambda _s: None),
+        # Even a yes at a terminal does not start a stage outside the window.
+        opts=ApplyOptions(now=clock, sleep=lambda _s: None, confirm=yes),
     )
     assert summary.status == "paused" and "maintenance window has ended" in summary.message
+    assert "next window, 2026-11-23T02:30:00+00:00 to 2026-11-23T03:30:00+00:00" in (
+        summary.message
+    )
+    assert not asked
     assert len(_order(fleet, "patch")) == 1  # the canary stage ran, the next did not start
+    # Approved outside a window: it pauses again, nothing is patched.
+    late = ApplyOptions(now=lambda: NOW.replace(hour=5), sleep=lambda _s: None)
+    again = resume_run(engine, summary.run_id, ops=fleet, opts=late, approve=True)
+    assert again.status == "paused" and len(_order(fleet, "patch")) == 1
+    # Approved within the next window: the rest goes on.
+    inside = ApplyOptions(now=lambda: NOW.replace(day=23, hour=2, minute=45), sleep=lambda _s: None)
+    done = resume_run(engine, summary.run_id, ops=fleet, opts=inside, approve=True)
+    assert done.status == "succeeded" and len(_order(fleet, "patch")) == 2
+
+
+def test_a_host_with_a_held_package_is_skipped_not_failed(engine) -> None:  # type: ignore[no-untyped-def]
+    spec, data = _frozen(3)  # failure budget 0
+    fleet = _fleet(3, held={"web02"})
+    summary = start_run(engine, spec, data, inventory="inv", ops=fleet, opts=_opts())
+    assert summary.status == "partial" and summary.exit_code == ExitCode.PARTIAL
+    assert summary.hosts == {"web01": "healthy", "web02": "skipped", "web03": "healthy"}
+    assert "skipped (packages held on the host): web02" in summary.message
+    assert not _order(fleet, "rollback")
+    assert fleet.installed["web02"]["demoweb"] == "1.0-1"
+
+
+@pytest.mark.parametrize("then", ["resume", "manual rollback"])
+def test_a_crash_in_a_stage_wide_rollback_is_finished_later(engine, then: str) -> None:  # type: ignore[no-untyped-def]
+    spec, data = _frozen(5)  # canary 1, then the rest in batches of 2; budget 0
+    rest = data["expansion"]["stages"][1]["batches"]
+    bad = rest[1][0]  # fails in the second batch of the rest: the first batch is healthy
+    # Rollbacks: the failed host (1), the rest of its batch (2), the first batch (3, crash).
+    fleet = _fleet(5, broken_hosts={bad}, crash_in_rollback=3)
+    with pytest.raises(KeyboardInterrupt):
+        start_run(engine, spec, data, inventory="inv", ops=fleet, opts=_opts())
+    run_id = _only_run(engine)
+    with session_scope(engine) as s:
+        states = {r.host: r.status for r in s.exec(select(RunHost))}
+    assert {states[h] for h in rest[0]} == {"rolling_back"}
+    _make_stale(engine, run_id)
+    fleet.crash_in_rollback = None
+    if then == "resume":
+        summary = resume_run(engine, run_id, ops=fleet, opts=_opts())
+        assert summary.status == "failed" and "failure budget exceeded" in summary.message
+    else:
+        summary = rollback_run(engine, run_id, hosts=None, ops=fleet, opts=_opts())
+        assert summary.exit_code == ExitCode.OK
+    for h in (h for b in rest for h in b):
+        assert fleet.installed[h]["demoweb"] == "1.0-1", h
+    with session_scope(engine) as s:
+        states = {r.host: r.status for r in s.exec(select(RunHost))}
+    assert {states[h] for b in rest for h in b} == {"rolled_back"}
+    if then == "resume":  # rollback_wave: the canary stage stays patched
+        (canary,) = data["expansion"]["stages"][0]["batches"][0]
+        assert states[canary] == "healthy" and fleet.installed[canary]["demoweb"] == "1.1-1"
 
 
 def test_an_emergency_plan_is_audited_as_such(engine) -> None:  # type: ignore[no-untyped-def]
