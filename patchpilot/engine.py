@@ -25,7 +25,14 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from patchpilot.errors import BadInputError, ExitCode, PatchpilotError
-from patchpilot.fleetops import LOCK_TIMEOUT, FleetOps, HostResult, PatchRequest, PatchRun
+from patchpilot.fleetops import (
+    LOCK_TIMEOUT,
+    FleetOps,
+    HostResult,
+    PatchRequest,
+    PatchRun,
+    stage_timeouts,
+)
 from patchpilot.health.checks import CheckSpec, validate_check
 from patchpilot.health.judge import judge_host
 from patchpilot.health.policy import VerdictPolicy, batch_verdict, host_verdict
@@ -597,6 +604,7 @@ def _open_patch(ctx: _Ctx, *, force: bool = False) -> None:
         lock_timeout=ctx.opts.lock_timeout,
         on_impossible=str(ctx.spec.get("rollback", {}).get("on_impossible", "refuse")),
         check=ctx.opts.check,
+        stage_timeouts=stage_timeouts(ctx.stages),
     )
     if ctx.patching is not None and ctx.patching.request == request and not force:
         log.debug("%s: using the patch process started while patchpilot loaded", ctx.run_id)
@@ -1099,6 +1107,15 @@ def _patched(
             )
             _update_host(ctx, r.host, status="failed", failure="unreachable", message=msg)
             ctx.say(f"  {r.host}: unreachable: {x.message}")
+        elif x.status == "timeout":
+            # Ended mid-patch: its apt may have been cut short, or may still be running.
+            # Nothing is done to it unasked; it counts as a failure.
+            msg = (
+                f"{x.message}; state unknown: check the host, then `patchpilot rollback "
+                f"{ctx.run_id} --hosts {r.host}` puts back what may have changed"
+            )
+            _update_host(ctx, r.host, status="failed", failure="timeout", message=msg)
+            ctx.say(f"  {r.host}: timed out: {x.message}")
         elif x.status != "ok" and x.phase == "preflight":
             if x.held:
                 msg = f"held on the host since the plan was made: {', '.join(x.held)}"
@@ -1329,13 +1346,13 @@ def rollback_run(
         r
         for r in rows
         if (not hosts or r.host in hosts)
-        and (r.status in RESTORABLE or (hosts and r.failure == "unreachable"))
+        and (r.status in RESTORABLE or (hosts and r.failure in ("unreachable", "timeout")))
     ]
     if not scope:
         raise BadInputError(
             f"nothing to roll back in run {run_id}" + (f" for {', '.join(hosts)}" if hosts else ""),
             hint="only hosts the run patched (status patched or healthy) or whose rollback was "
-            "interrupted or failed, or named hosts that stopped answering during their patch, "
+            "interrupted or failed, or named hosts whose patch stopped answering or timed out, "
             "can be rolled back",
         )
     acquire_locks(engine, f"{run_id}", [r.host for r in scope], progress=ctx.say)

@@ -12,9 +12,10 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from patchpilot import executor
+from patchpilot.durations import parse_duration
 from patchpilot.health.checks import CheckSpec, collect
 from patchpilot.health.types import Measurement
 
@@ -37,6 +38,8 @@ class PatchRequest:
     lock_timeout: int
     refuse_without_rollback: bool
     check: bool
+    # (host, seconds): the stage's `timeout`, for the host's patch and again for its reboot.
+    timeouts: tuple[tuple[str, int], ...] = ()
 
     @classmethod
     def build(
@@ -48,13 +51,18 @@ class PatchRequest:
         lock_timeout: int,
         on_impossible: str,
         check: bool,
+        stage_timeouts: Sequence[int] = (),
     ) -> PatchRequest:
-        """From ((stage, batch), host, {package: version}) in deploy order."""
+        """From ((stage, batch), host, {package: version}) in deploy order, and each stage's
+        timeout in seconds by stage index (none given: no timeout)."""
         batches: dict[tuple[int, int], list[str]] = {}
         install: list[tuple[str, tuple[str, ...]]] = []
+        timeouts: list[tuple[str, int]] = []
         for key, host, targets in hosts:
             batches.setdefault(key, []).append(host)
             install.append((host, tuple(f"{p}={v}" for p, v in targets.items())))
+            if key[0] < len(stage_timeouts):
+                timeouts.append((host, stage_timeouts[key[0]]))
         return cls(
             batches=tuple(tuple(batches[k]) for k in sorted(batches)),
             install=tuple(install),
@@ -63,14 +71,20 @@ class PatchRequest:
             lock_timeout=lock_timeout,
             refuse_without_rollback=on_impossible == "refuse",
             check=check,
+            timeouts=tuple(timeouts),
         )
+
+
+def stage_timeouts(stages: Sequence[Mapping[str, Any]]) -> list[int]:
+    """Each stage's `timeout` in seconds, from a frozen plan's expansion."""
+    return [parse_duration(s["settings"]["timeout"]) for s in stages]
 
 
 @dataclass
 class HostResult:
     """One host's answer to an operation."""
 
-    status: str  # ok, failed, unreachable
+    status: str  # ok, failed, unreachable, timeout (patch: ended at the stage's timeout)
     message: str | None = None
     versions: dict[str, str] = field(default_factory=dict)  # installed after the operation
     # patch: where it stopped (preflight: nothing was changed; install; done)
@@ -209,6 +223,7 @@ class AnsiblePatchRun:
                 "patchpilot_rollback_dir": request.rollback_dir,
                 "patchpilot_reboot": request.reboot,
                 "patchpilot_lock_timeout": request.lock_timeout,
+                "patchpilot_timeouts": dict(request.timeouts),
                 "patchpilot_on_impossible": "refuse"
                 if request.refuse_without_rollback
                 else "proceed",
@@ -265,6 +280,12 @@ def _apply_event(out: dict[str, HostResult], ev: executor.HostEvent) -> None:
     if ev.action.endswith("patchpilot_patch"):
         if ev.kind == "unreachable":
             out[ev.host] = HostResult("unreachable", ev.message)
+        elif ev.kind == "failed" and ev.result.get("timedout"):
+            # Ansible ended the task at the stage's timeout: nothing was read back.
+            period = (ev.result.get("timedout") or {}).get("period")
+            out[ev.host] = HostResult(
+                "timeout", f"the patch did not finish within the stage's timeout ({period} s)"
+            )
         elif ev.kind in ("ok", "failed"):
             r = ev.result
             out[ev.host] = HostResult(

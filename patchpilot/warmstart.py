@@ -20,7 +20,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from patchpilot.fleetops import LOCK_TIMEOUT, AnsibleOps, PatchRequest, PatchRun
+from patchpilot.fleetops import LOCK_TIMEOUT, AnsibleOps, PatchRequest, PatchRun, stage_timeouts
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,7 @@ def frozen_request(data: dict[str, Any], *, run_id: str, check: bool) -> PatchRe
         lock_timeout=LOCK_TIMEOUT,
         on_impossible=str(data["spec"].get("rollback", {}).get("on_impossible", "refuse")),
         check=check,
+        stage_timeouts=stage_timeouts(expansion["stages"]),
     )
 
 

@@ -34,6 +34,7 @@ from pydantic import (
 )
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from patchpilot.durations import format_duration, parse_duration
 from patchpilot.errors import BadInputError, PatchpilotError
 from patchpilot.risk.types import RiskLevel
 
@@ -58,7 +59,6 @@ KNOWN_CHECKS: frozenset[str] = frozenset(
 MAX_PLAN_BYTES = 1_000_000
 # Counted with aliases expanded, so a "billion laughs" plan is refused before it is built.
 MAX_PLAN_NODES = 200_000
-MAX_DURATION_SECONDS = 366 * 86400
 
 _TEMPLATE_MARKERS = ("{{", "{%", "{#")
 _T = "tag:yaml.org,2002:"
@@ -71,8 +71,6 @@ _ALLOWED_TAGS = frozenset(
 _NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,100}")
 _GLOB_RE = re.compile(r"[A-Za-z0-9_.+~*?\[\]-]{1,200}")
 _PERCENT_RE = re.compile(r"(\d{1,3}(?:\.\d{1,4})?)%")
-_DURATION_RE = re.compile(r"(?:(\d{1,6})d)?(?:(\d{1,6})h)?(?:(\d{1,6})m)?(?:(\d{1,8})s)?")
-_DURATION_UNITS = (86400, 3600, 60, 1)
 
 
 # --- field types -----------------------------------------------------------------------------
@@ -93,40 +91,6 @@ def _check_glob(value: str) -> str:
             " wildcards * ? [ ], not starting with '-'"
         )
     return value
-
-
-def parse_duration(value: object) -> int:
-    """Seconds from '90s', '10m', '1h30m', '2d' (units in that order), or an int of seconds.
-
-    Integers are accepted so a plan written back out (frozen plans) reads in again."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        seconds = value
-    elif (
-        isinstance(value, str) and (m := _DURATION_RE.fullmatch(value.strip())) and any(m.groups())
-    ):
-        seconds = sum(
-            int(g) * unit for g, unit in zip(m.groups(), _DURATION_UNITS, strict=True) if g
-        )
-    else:
-        raise ValueError(
-            f"invalid duration {value!r}: use a number with units d, h, m, s in that order,"
-            " e.g. 90s, 10m, 1h30m, 2d"
-        )
-    if seconds < 0 or seconds > MAX_DURATION_SECONDS:
-        raise ValueError(f"duration {value!r} is out of range (0s to 366d)")
-    return seconds
-
-
-def format_duration(seconds: int) -> str:
-    """The canonical spelling, so a dumped plan reads like the one written by hand."""
-    if seconds == 0:
-        return "0s"
-    parts = []
-    for unit, suffix in zip(_DURATION_UNITS, "dhms", strict=True):
-        n, seconds = divmod(seconds, unit)
-        if n:
-            parts.append(f"{n}{suffix}")
-    return "".join(parts)
 
 
 def _positive(seconds: int) -> int:

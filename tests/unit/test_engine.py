@@ -61,6 +61,7 @@ class FakeFleet:
     broken_hosts: set[str] = field(default_factory=set)  # answer HTTP 500 once patched
     held: set[str] = field(default_factory=set)  # demoweb put on hold there after planning
     crash_in_rollback: int | None = None  # the process dies in this rollback call (1-based)
+    hangs: set[str] = field(default_factory=set)  # their patch runs into the stage's timeout
     # What patchpilot_patch keeps on each host: {(rollback_dir, host): {pkg: (from, to)}}.
     saved: dict[tuple[str, str], dict[str, tuple[str, str]]] = field(default_factory=dict)
     opened: list[PatchRequest] = field(default_factory=list)
@@ -142,6 +143,13 @@ class FakePatchRun:
                 out[h] = HostResult("unreachable", "Connection timed out")
                 continue
             saved = fleet.saved.setdefault((rollback_dir, h), {})
+            if h in fleet.hangs:  # Ansible ended the task: the host unpacked, nothing read
+                timeout = dict(self.request.timeouts)[h]
+                fleet.installed[h].update(item.split("=") for item in install[h])
+                out[h] = HostResult(
+                    "timeout", f"the patch did not finish within the stage's timeout ({timeout} s)"
+                )
+                continue
             if h in fleet.held:
                 out[h] = HostResult(
                     "failed", "held on the host: demoweb", phase="preflight", held=["demoweb"]
@@ -632,6 +640,32 @@ def test_no_new_stage_starts_after_the_window_ends(engine) -> None:  # type: ign
     inside = ApplyOptions(now=lambda: NOW.replace(day=23, hour=2, minute=45), sleep=lambda _s: None)
     done = resume_run(engine, summary.run_id, ops=fleet, opts=inside, approve=True)
     assert done.status == "succeeded" and len(_order(fleet, "patch")) == 2
+
+
+def test_a_patch_past_its_stage_timeout_fails_the_host_and_leaves_it_for_a_human(engine) -> None:  # type: ignore[no-untyped-def]
+    text = PLAN.format(budget="{hosts: 0}").replace("parallel: 2", "parallel: 2\n    timeout: 10m")
+    spec, data = _frozen_text(text, 5)
+    (canary,) = data["expansion"]["stages"][0]["batches"][0]
+    stuck = data["expansion"]["stages"][1]["batches"][0][0]
+    fleet = _fleet(5, hangs={stuck})
+    summary = start_run(engine, spec, data, inventory="inv", ops=fleet, opts=_opts())
+    # Each host's patch is limited by its own stage's timeout (30m is the default).
+    assert dict(fleet.opened[0].timeouts) == {
+        h["name"]: 1800 if h["name"] == canary else 600 for h in data["expansion"]["hosts"]
+    }
+    assert summary.status == "failed" and "failure budget exceeded" in summary.message
+    with session_scope(engine) as s:
+        row = s.exec(select(RunHost).where(RunHost.host == stuck)).one()
+    assert row.status == "failed" and row.failure == "timeout"
+    assert "timeout (600 s)" in (row.message or "")
+    assert f"patchpilot rollback {summary.run_id} --hosts {stuck}" in (row.message or "")
+    # Its state is unknown: not touched unasked; the rest of its stage is rolled back.
+    assert all(stuck not in hosts for hosts in _order(fleet, "rollback"))
+    assert fleet.installed[stuck]["demoweb"] == "1.1-1"
+    assert summary.hosts[canary] == "healthy"
+    # Named by the operator, it is rolled back to the versions from before the run.
+    done = rollback_run(engine, summary.run_id, hosts=[stuck], ops=fleet, opts=_opts())
+    assert done.exit_code == ExitCode.OK and fleet.installed[stuck]["demoweb"] == "1.0-1"
 
 
 def test_a_host_with_a_held_package_is_skipped_not_failed(engine) -> None:  # type: ignore[no-untyped-def]
