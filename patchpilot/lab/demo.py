@@ -40,7 +40,7 @@ _VERSION_RE = re.compile(r"(?:[0-9]+:)?[0-9][0-9A-Za-z.+~-]*")
 _MAX_VERSION_LEN = 64
 _SPEC_HINT = (
     "use VERSION[:BEHAVIOUR], e.g. '1.4-1', '1.4-1:http500', '1.4-1:install-fails', "
-    "'1.5-1:slow=300'"
+    "'1.5-1:slow=300', '1.7-1:install-hangs=30'"
 )
 
 _SERVER_PATH = f"usr/lib/{DEMO_PACKAGE}/server.py"
@@ -55,6 +55,7 @@ class Behaviour(StrEnum):
     HTTP500 = "http500"
     INSTALL_FAILS = "install-fails"
     SLOW = "slow"
+    INSTALL_HANGS = "install-hangs"
 
 
 # Bad patches claim high urgency, as the real ones that slip through usually do.
@@ -63,7 +64,10 @@ _URGENCY: dict[Behaviour, str] = {
     Behaviour.HTTP500: "high",
     Behaviour.INSTALL_FAILS: "high",
     Behaviour.SLOW: "low",
+    Behaviour.INSTALL_HANGS: "medium",
 }
+# A postinst that hangs longer than this is no test of a timeout, just a stuck lab.
+_MAX_HANG_S = 600
 
 
 @dataclass(frozen=True)
@@ -73,6 +77,7 @@ class DemoVersion:
     version: str
     behaviour: Behaviour = Behaviour.OK
     latency_ms: int = 0
+    hang_s: int = 0  # install-hangs: how long its postinst sleeps before configuring
 
     def __post_init__(self) -> None:
         # Accept plain strings so callers can pass "slow" as read from a file.
@@ -85,6 +90,11 @@ class DemoVersion:
                 )
         elif self.latency_ms != 0:
             raise ValueError(f"latency_ms only applies to slow versions, got {self.latency_ms}")
+        if self.behaviour is Behaviour.INSTALL_HANGS:
+            if not 0 < self.hang_s <= _MAX_HANG_S:
+                raise ValueError(f"hang_s must be between 1 and {_MAX_HANG_S}, got {self.hang_s}")
+        elif self.hang_s != 0:
+            raise ValueError(f"hang_s only applies to install-hangs versions, got {self.hang_s}")
 
 
 def _describe(demo: DemoVersion) -> str:
@@ -98,6 +108,10 @@ def _describe(demo: DemoVersion) -> str:
             return "postinst fails on configure (simulated broken package)"
         case Behaviour.SLOW:
             return f"every response is delayed by {demo.latency_ms} ms (simulated slowdown)"
+        case Behaviour.INSTALL_HANGS:
+            return (
+                f"postinst hangs for {demo.hang_s} s before configuring (simulated stuck install)"
+            )
     raise AssertionError(demo.behaviour)  # pragma: no cover - match is exhaustive
 
 
@@ -154,6 +168,13 @@ def parse_demo_spec(spec: str) -> DemoVersion:
         raise BadInputError(
             f"unknown demo behaviour {name!r} in {spec!r}", hint=f"choose one of: {known}"
         ) from None
+    if behaviour is Behaviour.INSTALL_HANGS:
+        if not arg.isascii() or not arg.isdigit() or not 0 < int(arg) <= _MAX_HANG_S:
+            raise BadInputError(
+                f"install-hangs needs whole seconds from 1 to {_MAX_HANG_S} in {spec!r}",
+                hint="e.g. '1.7-1:install-hangs=30'",
+            )
+        return DemoVersion(version, behaviour, hang_s=int(arg))
     if behaviour is not Behaviour.SLOW:
         if eq:
             raise BadInputError(f"behaviour {name!r} takes no value in {spec!r}", hint=_SPEC_HINT)
@@ -336,6 +357,8 @@ def _maintainer_scripts(demo: DemoVersion) -> dict[str, str]:
         )
     else:
         postinst_configure = (
+            f"        sleep {demo.hang_s}\n" if demo.behaviour is Behaviour.INSTALL_HANGS else ""
+        ) + (
             f"        if {_SYSTEMD_BOOTED}; then\n"
             "            systemctl daemon-reload\n"
             f"            systemctl enable {_UNIT}\n"

@@ -323,3 +323,76 @@ def test_added_latency_alone_is_caught_against_the_control_hosts(
     assert all(m["verdict"] == "healthy" for m in metrics if m["metric"] == "error_rate")
     assert {h["status"] for h in run["hosts"] if h["stage"] == "canary"} == {"rolled_back"}
     assert set(_versions(lab).values()) - {"1.5-1", "1.4-1"} == set()
+
+
+def _hanging(lab: LabFleet, host: str) -> bool:
+    """demoweb's postinst is running on the host (the brackets keep pgrep off its own shell)."""
+    return lab.ssh(host, "pgrep -f 'demoweb[.]postinst configure'", check=False).returncode == 0
+
+
+def test_a_patch_past_its_stage_timeout_is_failed_and_left_for_a_manual_rollback(
+    lab: LabFleet, store: Path, tmp_path: Path
+) -> None:
+    _publish(tmp_path, "1.7-1:install-hangs=25")
+    _stage(lab, offer="1.7-1")
+    _gather(lab, store)
+    before = _versions(lab)
+    proc = _apply(lab, store, _plan(tmp_path, "timeout", stage_timeout="5s"))
+    assert proc.returncode == 1, proc.stderr
+    run = _last_run(store)
+    canary = sorted(h["host"] for h in run["hosts"] if h["stage"] == "canary")
+    for h in run["hosts"]:
+        if h["host"] in canary:
+            assert (h["status"], h["failure"]) == ("failed", "timeout"), h
+            assert "timeout (5 s)" in h["message"] and "patchpilot rollback" in h["message"]
+        else:  # no later stage was touched
+            assert h["status"] == "pending"
+            assert _installs(lab, h["host"], "1.7-1") == 0
+    assert not [t for t in run["timeline"] if t["step"] == "rollback"]  # nothing done unasked
+    # The operator puts the canary back; the rollback waits for the stuck install to end.
+    back = pp("--db", str(store), "rollback", run["id"], "--hosts", ",".join(canary), check=False)
+    assert back.returncode == 0, back.stderr
+    after = _versions(lab)
+    for h in canary:
+        assert after[h] == before[h]
+        assert lab.ssh(h, "dpkg --audit").stdout.strip() == ""
+        assert http_get(f"http://{lab.hosts[h]}:8080/")[0] == 200
+
+
+def test_kill_9_mid_install_with_dpkg_interrupted_resumes_by_rolling_back(
+    lab: LabFleet, store: Path, tmp_path: Path
+) -> None:
+    _publish(tmp_path, "1.8-1:install-hangs=30")
+    _stage(lab, offer="1.8-1")
+    _gather(lab, store)
+    before = _versions(lab)
+    proc = _background_apply(lab, store, DEMO_PLAN, tmp_path / "crash.log")
+    try:
+        _wait_for(lambda: any(_hanging(lab, h) for h in lab.hosts), 240, "a postinst to run")
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    # The hosts' side dies too (the OOM killer, a power cut): dpkg is left interrupted.
+    stuck = [h for h in lab.hosts if _hanging(lab, h)]
+    assert stuck
+    for h in stuck:
+        lab.ssh(h, "pkill -9 -f '[a]pt-get|[d]pkg|demoweb[.]postinst'", check=False)
+        assert "demoweb" in lab.ssh(h, "dpkg --audit").stdout
+    (crashed,) = [
+        r for r in _json("--db", str(store), "runs", "list", "--json") if r["status"] == "running"
+    ]
+    resumed = pp("--db", str(store), "apply", "--resume", crashed["id"], "--yes", check=False)
+    assert resumed.returncode == 1, resumed.stderr  # the budget (0) stops the run
+    run = _json("--db", str(store), "runs", "show", crashed["id"], "--json")
+    after = _versions(lab)
+    for h in run["hosts"]:
+        if h["host"] in stuck:
+            # Put back from the snapshot and .debs the host kept before its install began.
+            assert (h["status"], h["failure"]) == ("rolled_back", "install_failed"), h
+            assert after[h["host"]] == before[h["host"]]
+            assert lab.ssh(h["host"], "dpkg --audit").stdout.strip() == ""
+            assert http_get(f"http://{lab.hosts[h['host']]}:8080/")[0] == 200
+        else:
+            assert h["status"] == "pending" and _installs(lab, h["host"], "1.8-1") == 0

@@ -189,6 +189,17 @@ def test_postinst_of_install_fails_version_fails_loudly(
     assert calls == ""
 
 
+def test_postinst_of_install_hangs_version_sleeps_then_configures(tmp_path: Path) -> None:
+    out = tmp_path / "debs"
+    out.mkdir()
+    deb = build_demo_deb(DemoVersion("1.7-1", Behaviour.INSTALL_HANGS, hang_s=1), out)
+    t0 = time.monotonic()
+    proc, calls = _run_postinst(deb, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert time.monotonic() - t0 >= 1
+    assert "enable demoweb.service" in calls  # configured as usual once the wait is over
+
+
 def test_build_is_reproducible(debs: dict[str, Path], tmp_path: Path) -> None:
     again = build_demo_deb(DemoVersion("1.1-1"), tmp_path)
     assert again.read_bytes() == debs["1.1-1"].read_bytes()
@@ -320,6 +331,7 @@ def test_server_defaults_to_the_demo_port(debs: dict[str, Path]) -> None:
         ("1.5-1:slow=300", DemoVersion("1.5-1", Behaviour.SLOW, 300)),
         ("1:1.4-1", DemoVersion("1:1.4-1")),
         ("1:1.4-1:slow=5", DemoVersion("1:1.4-1", Behaviour.SLOW, 5)),
+        ("1.7-1:install-hangs=30", DemoVersion("1.7-1", Behaviour.INSTALL_HANGS, hang_s=30)),
         ("2.0~rc1+lab1-1", DemoVersion("2.0~rc1+lab1-1")),
         ("  1.4-1  ", DemoVersion("1.4-1")),
     ],
@@ -341,6 +353,10 @@ def test_parse_demo_spec(spec: str, expected: DemoVersion) -> None:
         "1.0-1:slow=abc",
         "1.0-1:slow=99999999",
         "1.0-1:http500=3",
+        "1.0-1:install-hangs",
+        "1.0-1:install-hangs=0",
+        "1.0-1:install-hangs=601",
+        "1.0-1:install-hangs=1;reboot",
         "foo;rm -rf /",
         "-1.0",
         "1.0-1:",
