@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import urllib.parse
 import urllib.request
@@ -30,6 +31,12 @@ class CheckKind:
     critical: bool = False
     thresholds: Mapping[str, Threshold] = field(default_factory=dict)
     on_controller: bool = False  # runs on the patchpilot host, not through Ansible
+    extra_metrics: tuple[str, ...] = ()  # measured, with no default threshold
+
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        """What the check measures: the metrics a plan may set thresholds for."""
+        return (*self.thresholds, *self.extra_metrics)
 
 
 CATALOGUE: dict[str, CheckKind] = {
@@ -117,6 +124,7 @@ CATALOGUE: dict[str, CheckKind] = {
             required=("url", "query"),
             optional=("timeout", "direction"),
             on_controller=True,
+            extra_metrics=("value",),
         ),
     )
 }
@@ -190,11 +198,34 @@ def validate_check(spec: CheckSpec, *, where: str = "health") -> None:
             hint=f"parameters of {spec.check}: {', '.join(kind.required + kind.optional) or '-'}",
         )
     for metric, values in spec.thresholds.items():
+        if metric not in kind.metrics:
+            raise BadInputError(
+                f"{where}: check {spec.check!r} measures no {metric!r} (it measures "
+                f"{', '.join(kind.metrics)})",
+                hint="thresholds are set per metric the check measures",
+            )
         bad = sorted(set(values) - _THRESHOLD_KEYS)
         if bad:
             raise BadInputError(
                 f"{where}: threshold {metric}.{bad[0]} is not a threshold",
                 hint=f"thresholds are {', '.join(sorted(_THRESHOLD_KEYS))}",
+            )
+        for key, limit in values.items():
+            if not isinstance(limit, int | float) or isinstance(limit, bool):
+                raise BadInputError(
+                    f"{where}: threshold {metric}.{key} must be a number, got {limit!r}",
+                    hint="e.g. {max: 500}",
+                )
+            if not math.isfinite(limit):
+                raise BadInputError(
+                    f"{where}: threshold {metric}.{key} must be a finite number, got {limit!r}",
+                    hint="a limit of .nan or .inf never trips; leave the key out instead",
+                )
+        low, high = values.get("min"), values.get("max")
+        if low is not None and high is not None and low > high:
+            raise BadInputError(
+                f"{where}: threshold {metric} has min {low:g} above max {high:g}",
+                hint="no value could pass: swap them",
             )
 
 
