@@ -270,6 +270,20 @@ class Stage(_Model):
     approval: StrictBool = False
     validation: StrictBool = False
 
+    @field_validator("health")
+    @classmethod
+    def _checks_told_apart(cls, value: tuple[HealthCheckSpec, ...]) -> tuple[HealthCheckSpec, ...]:
+        seen: dict[str, int] = {}
+        for i, check in enumerate(value):
+            name = check.id or check.check
+            if name in seen:
+                raise ValueError(
+                    f"health[{i}] and health[{seen[name]}] are both {name!r}: give each an `id`"
+                    " to tell them apart in verdicts and evidence"
+                )
+            seen[name] = i
+        return value
+
 
 class FailureBudget(_Model):
     hosts: int | None = Field(default=None, ge=0, strict=True)

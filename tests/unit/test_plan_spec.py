@@ -291,6 +291,18 @@ def test_custom_check_names() -> None:
             f"{SOURCE}:5 stages[0].timeout: must be at least 1s",
         ),
         (
+            "name: x\nstages:\n  - name: a\n    hosts: 1\n    health:\n"
+            "      - {check: http, params: {url: 'http://a/'}}\n"
+            "      - {check: http, params: {url: 'http://b/'}}\n",
+            f"{SOURCE}:5 stages[0].health: health[1] and health[0] are both 'http': give each"
+            " an `id`",
+        ),
+        (
+            "name: x\nstages:\n  - name: a\n    hosts: 1\n    health:\n"
+            "      - {check: load, thresholds: {load1: {max: 1}}}\n",
+            f"{SOURCE}:6 stages[0].health[0]: check 'load' measures no 'load1'",
+        ),
+        (
             "name: x\nstages:\n  - name: a\n    hosts: 1\n    paralel: 2\n",
             f"{SOURCE}:5 stages[0].paralel: unknown field",
         ),
