@@ -64,8 +64,10 @@ def render_plan(expansion: dict[str, Any], *, window: str, model: str) -> None:
             bnode = node.add(f"batch {bi + 1}: {len(batch)} host(s)")
             for name in batch:
                 h = hosts[name]
+                reboot = "  [bold]reboots[/]" if h.get("reboot") else ""
                 hnode = bnode.add(
-                    f"{name}  [dim]{h['os_release']} {','.join(h['groups'])} - {h['reason']}[/]"
+                    f"{name}{reboot}  [dim]{h['os_release']} {','.join(h['groups'])} - "
+                    f"{h['reason']}[/]"
                 )
                 for u in h["updates"]:
                     risk = f"{u['risk']} {u['probability']:.1%}" if u.get("risk") else "unscored"
@@ -77,6 +79,11 @@ def render_plan(expansion: dict[str, Any], *, window: str, model: str) -> None:
         f"failure budget: {fb['allowed']} failed host(s) allowed ({basis}); the run halts "
         f"when failures exceed it; unreachable hosts "
         f"{'count' if fb.get('unreachable_counts', True) else 'do not count'}"
+    )
+    reboots = sum(1 for h in expansion["hosts"] if h.get("reboot"))
+    console.print(
+        f"reboot: {expansion.get('reboot', 'if_needed')}; {reboots} of "
+        f"{len(expansion['hosts'])} host(s) will reboot after their patch"
     )
     console.print(f"window: {window}")
     console.print(f"risk model: {model}")
