@@ -438,7 +438,13 @@ def load_run(engine: Engine, run_id: str) -> Run:
 
 
 def resume_run(
-    engine: Engine, run_id: str, *, ops: FleetOps, opts: ApplyOptions, approve: bool = False
+    engine: Engine,
+    run_id: str,
+    *,
+    ops: FleetOps,
+    opts: ApplyOptions,
+    approve: bool = False,
+    reason: str | None = None,
 ) -> RunSummary:
     run = load_run(engine, run_id)
     if run.status in ("succeeded", "failed", "partial", "aborted", "check", "refused"):
@@ -474,6 +480,7 @@ def resume_run(
             run_id=run_id,
             was=run.status,
             pause_reason=run.pause_reason,
+            reason=reason,
         )
     if approve:
         with _step(ctx, "approve", stage=run.stage_index, batch=run.batch_index) as d:
@@ -1326,6 +1333,7 @@ def rollback_run(
     hosts: Sequence[str] | None,
     ops: FleetOps,
     opts: ApplyOptions,
+    reason: str | None = None,
 ) -> RunSummary:
     """A manual rollback of hosts a finished or paused run patched, in reverse deploy order."""
     run = load_run(engine, run_id)
@@ -1358,7 +1366,7 @@ def rollback_run(
     acquire_locks(engine, f"{run_id}", [r.host for r in scope], progress=ctx.say)
     try:
         with session_scope(engine) as s:
-            audit(s, "manual rollback", run_id=run_id, hosts=[r.host for r in scope])
+            audit(s, "manual rollback", run_id=run_id, hosts=[r.host for r in scope], reason=reason)
         by_stage: dict[int, list[CheckSpec]] = {}
         for r in scope:
             by_stage.setdefault(r.stage, check_specs(ctx.stages[r.stage]["settings"]))
@@ -1369,7 +1377,7 @@ def rollback_run(
         _rollback(
             ctx,
             scope,
-            reason="manual rollback",
+            reason=f"manual rollback: {reason}" if reason else "manual rollback",
             stage=None,
             batch=None,
             specs=list(unique.values()),

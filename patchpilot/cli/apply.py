@@ -320,6 +320,9 @@ def approve(
     inventory: Annotated[
         Path | None, typer.Option("-i", "--inventory", help="Default: the run's own.")
     ] = None,
+    reason: Annotated[
+        str | None, typer.Option("--reason", help="Why: recorded in the audit log.")
+    ] = None,
 ) -> None:
     """Approve a paused run and continue it."""
     from patchpilot.engine import load_run, resume_run
@@ -335,7 +338,12 @@ def approve(
     opts = _options(ctx, check=False, yes=True)
     _exit(
         resume_run(
-            engine, run_id, ops=AnsibleOps(inventory or run.inventory), opts=opts, approve=True
+            engine,
+            run_id,
+            ops=AnsibleOps(inventory or run.inventory),
+            opts=opts,
+            approve=True,
+            reason=reason,
         )
     )
 
@@ -363,6 +371,9 @@ def rollback(
     inventory: Annotated[
         Path | None, typer.Option("-i", "--inventory", help="Default: the run's own.")
     ] = None,
+    reason: Annotated[
+        str | None, typer.Option("--reason", help="Why: recorded in the audit log.")
+    ] = None,
 ) -> None:
     """Roll back hosts a run patched, in reverse deploy order, and verify them."""
     from patchpilot.engine import load_run, rollback_run
@@ -373,7 +384,12 @@ def rollback(
     names = [h.strip() for h in hosts.split(",") if h.strip()] if hosts else None
     opts = _options(ctx, check=False, yes=True)
     summary = rollback_run(
-        engine, run_id, hosts=names, ops=AnsibleOps(inventory or run.inventory), opts=opts
+        engine,
+        run_id,
+        hosts=names,
+        ops=AnsibleOps(inventory or run.inventory),
+        opts=opts,
+        reason=reason,
     )
     info(summary.message)
     if summary.exit_code != ExitCode.OK:

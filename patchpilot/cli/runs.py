@@ -1,4 +1,4 @@
-"""`patchpilot runs list|show` and `patchpilot audit`: what runs did, with their evidence."""
+"""`patchpilot runs list|show`: what runs did, with their evidence and audit log."""
 
 from __future__ import annotations
 
@@ -176,7 +176,14 @@ def run_detail(session: Session, run_id: str) -> dict[str, Any]:
             for i in incidents
         ],
         "audit": [
-            {"at": _t(a.at), "user": a.user, "action": a.action, "detail": a.detail} for a in audit
+            {
+                "at": _t(a.at),
+                "user": a.user,
+                "controller": a.controller,
+                "action": a.action,
+                "detail": a.detail,
+            }
+            for a in audit
         ],
     }
 
@@ -249,4 +256,15 @@ def show(
     for i in d["incidents"]:
         console.print(f"incident {i['at']}: {i['reason']} ({', '.join(i['hosts'])})")
     for a in d["audit"]:
-        console.print(f"audit {a['at']} {a['user']}: {a['action']}")
+        why = ", ".join(
+            f"{k}={_short(v)}" for k, v in sorted(a["detail"].items()) if v not in (None, "", [])
+        )
+        console.print(
+            f"audit {a['at']} {a['user']}@{a['controller']}: {a['action']}"
+            + (f" ({why})" if why else "")
+        )
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = ",".join(map(str, value)) if isinstance(value, list) else str(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -698,8 +698,13 @@ def test_a_crash_in_a_stage_wide_rollback_is_finished_later(engine, then: str) -
         summary = resume_run(engine, run_id, ops=fleet, opts=_opts())
         assert summary.status == "failed" and "failure budget exceeded" in summary.message
     else:
-        summary = rollback_run(engine, run_id, hosts=None, ops=fleet, opts=_opts())
+        summary = rollback_run(
+            engine, run_id, hosts=None, ops=fleet, opts=_opts(), reason="after the crash"
+        )
         assert summary.exit_code == ExitCode.OK
+        with session_scope(engine) as s:
+            (event,) = s.exec(select(AuditEvent).where(AuditEvent.action == "manual rollback"))
+        assert event.detail["reason"] == "after the crash" and event.user
     for h in (h for b in rest for h in b):
         assert fleet.installed[h]["demoweb"] == "1.0-1", h
     with session_scope(engine) as s:
