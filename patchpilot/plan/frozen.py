@@ -101,8 +101,10 @@ def freeze(
         "inventory": inventory_snapshot,
     }
     # Round-trip through JSON so the hash covers what the file will hold (tuples -> lists).
-    data = json.loads(canonical_json(data))
-    data["sha256"] = content_hash(data)
+    # Those canonical bytes are what content_hash would encode again: hash them directly.
+    encoded = canonical_json(data)
+    data = json.loads(encoded)
+    data["sha256"] = hashlib.sha256(encoded).hexdigest()
     return data
 
 
