@@ -59,6 +59,7 @@ log = logging.getLogger(__name__)
 MAX_CONTROLS = 3
 TERMINAL = {"healthy", "failed", "rolled_back", "rollback_failed", "skipped"}
 PATCHED = {"patched", "healthy"}
+FINISHED = {"succeeded", "failed", "partial", "aborted", "check", "check_failed", "refused"}
 # What a manual rollback takes: patched hosts, and hosts whose rollback did not finish.
 RESTORABLE = PATCHED | {"rolling_back", "rollback_failed"}
 
@@ -447,7 +448,7 @@ def resume_run(
     reason: str | None = None,
 ) -> RunSummary:
     run = load_run(engine, run_id)
-    if run.status in ("succeeded", "failed", "partial", "aborted", "check", "refused"):
+    if run.status in FINISHED:
         raise BadInputError(
             f"run {run_id} is {run.status}: there is nothing to resume",
             hint="start a new run with `patchpilot apply`",
@@ -508,7 +509,7 @@ def _finish_interrupted_rollbacks(ctx: _Ctx) -> None:
 
 def abort_run(engine: Engine, run_id: str, *, reason: str | None = None) -> RunSummary:
     run = load_run(engine, run_id)
-    if run.status in ("succeeded", "failed", "partial", "aborted", "check"):
+    if run.status in FINISHED - {"refused"}:
         raise BadInputError(f"run {run_id} is already {run.status}")
     _, controller = _who()
     if run.status == "running" and run.controller == controller and _pid_alive(run.pid or 0):
@@ -682,6 +683,14 @@ def _drive_batches(ctx: _Ctx) -> RunSummary:
         _update_run(ctx, stage_index=si + 1, batch_index=0)
     states = _host_states(ctx)
     if ctx.opts.check:
+        refused = sorted(h for h, st in states.items() if st not in ("checked", "skipped"))
+        if refused:
+            return _finish(
+                ctx,
+                "check_failed",
+                "check mode: nothing was changed; would not patch: "
+                + "; ".join(f"{r.host} ({r.message})" for r in _hosts(ctx) if r.host in refused),
+            )
         return _finish(ctx, "check", "check mode: nothing was changed")
     failed = sorted(h for h, st in states.items() if st not in ("healthy", "skipped"))
     skipped = sorted(h for h, st in states.items() if st == "skipped")
@@ -700,6 +709,7 @@ def _drive_batches(ctx: _Ctx) -> RunSummary:
 _EXIT = {
     "succeeded": ExitCode.OK,
     "check": ExitCode.OK,
+    "check_failed": ExitCode.FAILED,
     "partial": ExitCode.PARTIAL,
     "failed": ExitCode.FAILED,
     "aborted": ExitCode.FAILED,
@@ -1134,7 +1144,12 @@ def _patched(
                 _update_host(ctx, r.host, status="failed", failure=failure, message=x.message)
                 ctx.say(f"  {r.host}: preflight failed: {x.message}")
         elif ctx.opts.check:
-            _update_host(ctx, r.host, status="checked", message=x.message)
+            if x.status == "ok":
+                _update_host(ctx, r.host, status="checked", message=x.message)
+            else:  # apt-get's simulation of the install failed
+                msg = x.message or "the simulated install failed"
+                _update_host(ctx, r.host, status="failed", failure="install_failed", message=msg)
+                ctx.say(f"  {r.host}: would fail its install: {msg}")
         else:
             wrong = {p: x.versions.get(p) for p, v in _targets(r).items() if x.versions.get(p) != v}
             if x.status == "ok" and not wrong:

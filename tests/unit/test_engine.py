@@ -546,6 +546,20 @@ def test_check_mode_changes_nothing(engine) -> None:  # type: ignore[no-untyped-
     assert not _order(fleet, "rollback")
 
 
+def test_check_mode_fails_when_a_host_would_not_patch(engine) -> None:  # type: ignore[no-untyped-def]
+    # A CI dry run must not pass when the real run would fail: every batch is checked.
+    spec, data = _frozen(3, to="1.3-1")
+    fleet = _fleet(3, fails={"1.3-1"})
+    summary = start_run(engine, spec, data, inventory="inv", ops=fleet, opts=_opts(check=True))
+    assert summary.status == "check_failed" and summary.exit_code == ExitCode.FAILED
+    assert "nothing was changed; would not patch: " in summary.message
+    assert all(h in summary.message for h in ("web01", "web02", "web03"))
+    # Every batch was checked: a failure stops nothing in a dry run.
+    assert sorted(h for b in _order(fleet, "patch") for h in b) == ["web01", "web02", "web03"]
+    assert all(v == {"demoweb": "1.0-1"} for v in fleet.installed.values())
+    assert not _order(fleet, "rollback")
+
+
 def _only_run(engine) -> str:  # type: ignore[no-untyped-def]
     with session_scope(engine) as s:
         return s.exec(select(Run)).one().id
