@@ -1208,12 +1208,23 @@ def _rollback(
             restore[r.host] = items
             _update_host(ctx, r.host, status="rolling_back")
         ctx.say(f"  rolling back {', '.join(restore)} ({reason})")
-        with _step(
-            ctx, "rollback", stage=stage, batch=batch, hosts=list(restore), reason=reason
-        ) as d:
-            d["started_after_s"] = round(time.time() - t_first, 2)
-            res = ctx.ops.rollback(restore, restart_units=units, lock_timeout=ctx.opts.lock_timeout)
-            d["results"] = {h: {"status": x.status, "message": x.message} for h, x in res.items()}
+        try:
+            with _step(
+                ctx, "rollback", stage=stage, batch=batch, hosts=list(restore), reason=reason
+            ) as d:
+                d["started_after_s"] = round(time.time() - t_first, 2)
+                res = ctx.ops.rollback(
+                    restore, restart_units=units, lock_timeout=ctx.opts.lock_timeout
+                )
+                d["results"] = {
+                    h: {"status": x.status, "message": x.message} for h, x in res.items()
+                }
+        except Exception as exc:
+            # Ansible itself failed for this batch (not a host): the batches still to be
+            # rolled back go on; these hosts are recorded as not restored.
+            log.debug("rollback of %s failed", list(restore), exc_info=True)
+            message = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
+            res = {h: HostResult("failed", message) for h in restore}
         verify_hosts = []
         for r in group:
             x = res[r.host]

@@ -21,7 +21,7 @@ from patchpilot.engine import (
     rollback_run,
     start_run,
 )
-from patchpilot.errors import BadInputError, ExitCode
+from patchpilot.errors import BadInputError, ExitCode, PatchpilotError
 from patchpilot.fleetops import HostResult, PatchRequest
 from patchpilot.health.checks import CheckSpec
 from patchpilot.health.types import Direction, Measurement
@@ -62,6 +62,7 @@ class FakeFleet:
     held: set[str] = field(default_factory=set)  # demoweb put on hold there after planning
     crash_in_rollback: int | None = None  # the process dies in this rollback call (1-based)
     hangs: set[str] = field(default_factory=set)  # their patch runs into the stage's timeout
+    rollback_error: int | None = None  # this rollback call fails as a whole (1-based)
     # What patchpilot_patch keeps on each host: {(rollback_dir, host): {pkg: (from, to)}}.
     saved: dict[tuple[str, str], dict[str, tuple[str, str]]] = field(default_factory=dict)
     opened: list[PatchRequest] = field(default_factory=list)
@@ -80,6 +81,8 @@ class FakeFleet:
         self.calls.append(("rollback", tuple(restore)))
         if self.crash_in_rollback == len(_order(self, "rollback")):
             raise KeyboardInterrupt("simulated crash")
+        if self.rollback_error == len(_order(self, "rollback")):
+            raise PatchpilotError("ansible-playbook could not start")
         out = {}
         for h, items in restore.items():
             if h in self.down:
@@ -680,6 +683,23 @@ def test_a_patch_past_its_stage_timeout_fails_the_host_and_leaves_it_for_a_human
     # Named by the operator, it is rolled back to the versions from before the run.
     done = rollback_run(engine, summary.run_id, hosts=[stuck], ops=fleet, opts=_opts())
     assert done.exit_code == ExitCode.OK and fleet.installed[stuck]["demoweb"] == "1.0-1"
+
+
+def test_a_rollback_that_fails_for_one_batch_goes_on_with_the_others(engine) -> None:  # type: ignore[no-untyped-def]
+    spec, data = _frozen(5)
+    rest = data["expansion"]["stages"][1]["batches"]
+    # Rollbacks: the failed host (1), the rest of its batch (2, Ansible fails), batch one (3).
+    fleet = _fleet(5, broken_hosts={rest[1][0]}, rollback_error=2)
+    summary = start_run(engine, spec, data, inventory="inv", ops=fleet, opts=_opts())
+    assert summary.status == "failed"
+    assert len(_order(fleet, "rollback")) == 3
+    assert {summary.hosts[h] for h in rest[0]} == {"rolled_back"}
+    assert {fleet.installed[h]["demoweb"] for h in rest[0]} == {"1.0-1"}
+    (other,) = rest[1][1:]
+    assert summary.hosts[other] == "rollback_failed"
+    with session_scope(engine) as s:
+        row = s.exec(select(RunHost).where(RunHost.host == other)).one()
+    assert "ansible-playbook could not start" in (row.message or "")
 
 
 def test_a_host_with_a_held_package_is_skipped_not_failed(engine) -> None:  # type: ignore[no-untyped-def]
