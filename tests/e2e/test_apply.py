@@ -105,6 +105,21 @@ def _demoweb_score(db: Path) -> float:
     return max(u["probability"] for u in scored["updates"] if u["package"] == "demoweb")
 
 
+def test_check_mode_runs_every_batch_and_changes_nothing(lab: LabFleet, store: Path) -> None:
+    _gather(lab, store)
+    proc = _apply(lab, store, DEMO_PLAN, "--check")
+    assert proc.returncode == 0, proc.stderr
+    run = _last_run(store)
+    assert run["status"] == "check"
+    assert {h["status"] for h in run["hosts"]} == {"checked"}
+    assert set(_versions(lab).values()) == {"1.0-1"}
+    for h in lab.hosts:
+        assert _installs(lab, h, "1.1-1") == 0
+        # No snapshot or kept .deb was written either.
+        kept = lab.ssh(h, f"test -e /var/cache/patchpilot/rollback/{run['id']}", check=False)
+        assert kept.returncode == 1
+
+
 def test_a_healthy_update_patches_every_host_wave_by_wave(
     lab: LabFleet, store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -36,8 +36,10 @@ def test_plan_prints_the_waves_and_writes_a_frozen_plan(
         str(out),
     )
     text = proc.stdout
-    for word in ("validation", "canary", "rest", "failure budget", "rollback sequence", "window"):
+    for word in ("validation", "canary", "rest", "failure budget", "rollback sequence"):
         assert word in text
+    assert "window: none (runs whenever started)" in text  # canary.yml sets no window
+    assert "reboot: if_needed; " in text
     frozen = json.loads(out.read_text())
     assert frozen["format"] == "patchpilot-frozen-plan/1" and len(frozen["sha256"]) == 64
     planned = {h["name"] for h in frozen["expansion"]["hosts"]}
