@@ -34,8 +34,8 @@ def print_table(title: str | None, columns: Sequence[str], rows: Iterable[Sequen
     table = Table(title=title, title_justify="left")
     for col in columns:
         table.add_column(col)
-    for row in rows:
-        table.add_row(*(str(cell) for cell in row))
+    for row in rows:  # cells are data (host messages, apt output), never markup
+        table.add_row(*(escape(str(cell)) for cell in row))
     console.print(table)
 
 

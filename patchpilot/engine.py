@@ -15,7 +15,7 @@ import socket
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -471,6 +471,8 @@ def resume_run(
             f"run {run_id} is still running (pid {run.pid})",
             hint="wait for it, or stop that process first",
         )
+    # A run keeps the mode it was started in: a crashed dry run resumes as a dry run.
+    opts = replace(opts, check=run.check_mode)
     ctx = _Ctx(engine, ops, opts, run_id, run.plan)
     hosts = [h.host for h in _hosts(ctx)]
     acquire_locks(engine, run_id, hosts, progress=ctx.say)
@@ -1128,7 +1130,9 @@ def _patched(
             # Ended mid-patch: its apt may have been cut short, or may still be running.
             # Nothing is done to it unasked; it counts as a failure.
             msg = (
-                f"{x.message}; state unknown: check the host, then `patchpilot rollback "
+                f"{x.message} (check mode: nothing was changed)"
+                if ctx.opts.check
+                else f"{x.message}; state unknown: check the host, then `patchpilot rollback "
                 f"{ctx.run_id} --hosts {r.host}` puts back what may have changed"
             )
             _update_host(ctx, r.host, status="failed", failure="timeout", message=msg)
@@ -1144,7 +1148,15 @@ def _patched(
                 _update_host(ctx, r.host, status="failed", failure=failure, message=x.message)
                 ctx.say(f"  {r.host}: preflight failed: {x.message}")
         elif ctx.opts.check:
-            if x.status == "ok":
+            refuse = ctx.spec.get("rollback", {}).get("on_impossible", "refuse") == "refuse"
+            if x.status == "ok" and x.rollback_missing and refuse:
+                msg = (
+                    "rollback impossible (previous version not available: "
+                    f"{', '.join(x.rollback_missing)}); the rollback policy would refuse it"
+                )
+                _update_host(ctx, r.host, status="failed", failure="preflight", message=msg)
+                ctx.say(f"  {r.host}: would be refused: {msg}")
+            elif x.status == "ok":
                 _update_host(ctx, r.host, status="checked", message=x.message)
             else:  # apt-get's simulation of the install failed
                 msg = x.message or "the simulated install failed"
@@ -1325,7 +1337,7 @@ def _record_outcomes(ctx: _Ctx, stage: int, batch: int) -> None:
                 outcome = "healthy"
             elif r.status in ("rolled_back", "rollback_failed"):
                 outcome = "install_failed" if r.failure == "install_failed" else "rolled_back"
-            elif r.failure == "install_failed":
+            elif r.failure in ("install_failed", "timeout"):
                 outcome = "install_failed"
             elif r.failure == "health_failed":
                 outcome = "health_failed"
@@ -1363,6 +1375,10 @@ def rollback_run(
 ) -> RunSummary:
     """A manual rollback of hosts a finished or paused run patched, in reverse deploy order."""
     run = load_run(engine, run_id)
+    if run.check_mode:
+        raise BadInputError(
+            f"run {run_id} was a --check run: it changed nothing, so there is nothing to roll back"
+        )
     if run.status == "running" and _pid_alive(run.pid or 0):
         raise RunLocked(f"run {run_id} is running (pid {run.pid})", hint="wait for it to end")
     ctx = _Ctx(engine, ops, opts, run_id, run.plan)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from rich.markup import escape
 
 from patchpilot.cli.context import risk_thresholds, state
 from patchpilot.cli.inventory import JsonOpt
@@ -90,13 +91,15 @@ def render_plan(expansion: dict[str, Any], *, window: str, model: str) -> None:
     if expansion["excluded"]:
         console.print(f"excluded updates ({len(expansion['excluded'])}):")
         for e in expansion["excluded"][:50]:
-            console.print(f"  {e['host']}: {e['package']} {e['version']} - {e['reason']}")
+            console.print(
+                f"  {e['host']}: {e['package']} {e['version']} - {e['reason']}", markup=False
+            )
         if len(expansion["excluded"]) > 50:
             console.print(f"  ... and {len(expansion['excluded']) - 50} more (--json shows all)")
     for sk in expansion["skipped"]:
-        console.print(f"skipped host {sk['host']}: {sk['reason']}")
+        console.print(f"skipped host {sk['host']}: {sk['reason']}", markup=False)
     for w in expansion.get("warnings", []):
-        console.print(f"[yellow]warning:[/] {w}")
+        console.print(f"[yellow]warning:[/] {escape(w)}")
     console.print("rollback sequence (reverse deploy order):")
     for r in expansion["rollback"]:
         pk = ", ".join(f"{p['package']} -> {p['to_version']}" for p in r["packages"])

@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from rich.markup import escape
 
 from patchpilot.cli.context import state
 from patchpilot.cli.inventory import JsonOpt
@@ -203,14 +204,18 @@ def show(
         print_json(d)
         return
     console.print(
-        f"[bold]run {d['id']}[/]  plan {d['plan']}  status [bold]{d['status']}[/]"
+        f"[bold]run {d['id']}[/]  plan {escape(d['plan'])}  status [bold]{d['status']}[/]"
         + ("  [bold red]EMERGENCY[/]" if d["emergency"] else "")
         + ("  (check mode)" if d["check_mode"] else "")
         + ("  (shadow mode)" if d["shadow"] else "")
     )
-    console.print(f"started {d['started_at']} by {d['user']}; finished {d['finished_at'] or '-'}")
+    # What hosts, apt and operators wrote is printed as text, never read as Rich markup.
+    console.print(
+        f"started {d['started_at']} by {d['user']}; finished {d['finished_at'] or '-'}",
+        markup=False,
+    )
     if d["message"]:
-        console.print(d["message"])
+        console.print(d["message"], markup=False)
     print_table(
         "timeline",
         ["at", "stage", "batch", "step", "state", "hosts"],
@@ -244,24 +249,28 @@ def show(
     for v in d["verdicts"]:
         console.print(
             f"verdict stage {v['stage']} batch {v['batch']}: [bold]{v['verdict']}[/] -> "
-            f"{v['action']}: {v['evidence'].get('reason', '')}"
+            f"{v['action']}: {escape(v['evidence'].get('reason', ''))}"
         )
         for hv in v["evidence"].get("hosts", []):
-            console.print(f"  {hv['host']}: {hv['verdict']} - {hv['reason']}")
+            console.print(f"  {hv['host']}: {hv['verdict']} - {hv['reason']}", markup=False)
             for m in hv.get("metrics", []):
                 if m["verdict"] != "healthy":
-                    console.print(f"    {m['check']}.{m['metric']}: {m['verdict']}: {m['reason']}")
+                    console.print(
+                        f"    {m['check']}.{m['metric']}: {m['verdict']}: {m['reason']}",
+                        markup=False,
+                    )
                     for line in m.get("lines") or []:
-                        console.print(f"      | {line}")
+                        console.print(f"      | {line}", markup=False)
     for i in d["incidents"]:
-        console.print(f"incident {i['at']}: {i['reason']} ({', '.join(i['hosts'])})")
+        console.print(f"incident {i['at']}: {i['reason']} ({', '.join(i['hosts'])})", markup=False)
     for a in d["audit"]:
         why = ", ".join(
             f"{k}={_short(v)}" for k, v in sorted(a["detail"].items()) if v not in (None, "", [])
         )
         console.print(
             f"audit {a['at']} {a['user']}@{a['controller']}: {a['action']}"
-            + (f" ({why})" if why else "")
+            + (f" ({why})" if why else ""),
+            markup=False,
         )
 
 

@@ -678,6 +678,9 @@ def test_a_patch_past_its_stage_timeout_fails_the_host_and_leaves_it_for_a_human
     assert f"patchpilot rollback {summary.run_id} --hosts {stuck}" in (row.message or "")
     # Its state is unknown: not touched unasked; the rest of its stage is rolled back.
     assert all(stuck not in hosts for hosts in _order(fleet, "rollback"))
+    with session_scope(engine) as s:  # evidence for the risk model all the same
+        outcome = s.exec(select(PatchOutcome).where(PatchOutcome.host == stuck)).one()
+    assert outcome.outcome == "install_failed"
     assert fleet.installed[stuck]["demoweb"] == "1.1-1"
     assert summary.hosts[canary] == "healthy"
     # Named by the operator, it is rolled back to the versions from before the run.
@@ -700,6 +703,47 @@ def test_a_rollback_that_fails_for_one_batch_goes_on_with_the_others(engine) -> 
     with session_scope(engine) as s:
         row = s.exec(select(RunHost).where(RunHost.host == other)).one()
     assert "ansible-playbook could not start" in (row.message or "")
+
+
+def test_a_dry_run_stays_a_dry_run_and_has_nothing_to_roll_back(engine) -> None:  # type: ignore[no-untyped-def]
+    spec, data = _frozen(3)
+    fleet = _fleet(3, crash_after_patch=True)
+    with pytest.raises(KeyboardInterrupt):
+        start_run(engine, spec, data, inventory="inv", ops=fleet, opts=_opts(check=True))
+    run_id = _only_run(engine)
+    _make_stale(engine, run_id)
+    fleet.crash_after_patch = False
+    # Resumed without --check, it is still the dry run it was started as.
+    summary = resume_run(engine, run_id, ops=fleet, opts=_opts())
+    assert summary.status == "check"
+    assert all(v == {"demoweb": "1.0-1"} for v in fleet.installed.values())
+    assert all(request.check for request in fleet.opened)
+    with pytest.raises(BadInputError) as exc:
+        rollback_run(engine, run_id, hosts=["web01"], ops=fleet, opts=_opts())
+    assert "was a --check run" in exc.value.message
+    assert not _order(fleet, "rollback")
+
+
+def test_check_mode_fails_a_host_the_rollback_policy_would_refuse(engine) -> None:  # type: ignore[no-untyped-def]
+    class Unkept(FakePatchRun):
+        def batch(self, hosts: Sequence[str]) -> dict[str, HostResult]:
+            out = super().batch(hosts)
+            for h in hosts:  # the previous version is in no repository or cache
+                out[h].rollback_missing = ["demoweb=1.0-1"]
+            return out
+
+    class Fleet(FakeFleet):
+        def open_patch(self, request: PatchRequest) -> FakePatchRun:
+            self.opened.append(request)
+            return Unkept(self, request, [list(b) for b in request.batches])
+
+    spec, data = _frozen(3)
+    fleet = Fleet({f"web{i:02d}": {"demoweb": "1.0-1"} for i in range(1, 4)})
+    summary = start_run(engine, spec, data, inventory="inv", ops=fleet, opts=_opts(check=True))
+    assert summary.status == "check_failed" and summary.exit_code == ExitCode.FAILED
+    assert "rollback impossible (previous version not available: demoweb=1.0-1)" in (
+        summary.message
+    )
 
 
 def test_a_host_with_a_held_package_is_skipped_not_failed(engine) -> None:  # type: ignore[no-untyped-def]
@@ -760,3 +804,27 @@ def test_an_emergency_plan_is_audited_as_such(engine) -> None:  # type: ignore[n
         assert first.action == "apply emergency plan" and first.detail["emergency"] is True
         assert s.exec(select(Run)).one().emergency
     assert any("EMERGENCY" in m for m in messages)
+
+
+def test_runs_show_prints_what_hosts_and_operators_wrote_as_text(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from patchpilot.cli import main
+
+    db = tmp_path / "pp.db"
+    engine = open_store(db_url(str(db)))
+    spec, data = _frozen(3)
+    fleet = _fleet(3)
+    summary = start_run(engine, spec, data, inventory="inv", ops=fleet, opts=_opts())
+    rollback_run(
+        engine, summary.run_id, hosts=None, ops=fleet, opts=_opts(), reason="see [/etc/apt]"
+    )
+    with session_scope(engine) as s:
+        host = s.exec(select(RunHost).where(RunHost.host == "web01")).one()
+        host.message = "E: [/x]"
+        s.add(host)
+    capsys.readouterr()
+    assert main(["--db", str(db), "runs", "show", "last"]) == ExitCode.OK
+    out = " ".join(capsys.readouterr().out.split())  # Rich may wrap long cells
+    assert "E: [/x]" in out
+    assert "reason=see [/etc/apt]" in out
