@@ -27,10 +27,12 @@ from sqlmodel import Session, col, select
 from patchpilot.errors import BadInputError, ExitCode, PatchpilotError
 from patchpilot.fleetops import (
     LOCK_TIMEOUT,
+    ROLLBACK_ROOT,
     FleetOps,
     HostResult,
     PatchRequest,
     PatchRun,
+    deb_filename,
     stage_timeouts,
 )
 from patchpilot.health.checks import CheckSpec, validate_check
@@ -224,6 +226,11 @@ class _Ctx:
     @property
     def shadow(self) -> bool:
         return bool((self.spec.get("health_policy") or {}).get("shadow", False))
+
+    @property
+    def rollback_dir(self) -> str:
+        """Where patchpilot_patch keeps this run's snapshot and .debs on each host."""
+        return f"{ROLLBACK_ROOT}/{self.run_id}"
 
     def plan_spec(self) -> PlanSpec:
         return plan_from_dict(self.spec, "run plan")
@@ -1212,11 +1219,15 @@ def _rollback(
         restore: dict[str, list[str]] = {}
         for r in group:
             artifacts = kept.get(r.host, {})
+            arches = {u["package"]: u.get("arch") or "all" for u in r.updates}
             items = []
             for pkg, ver in sorted(_snapshot(r).items()):
                 if pkg not in _targets(r):
                     continue
-                items.append(artifacts.get(pkg) or f"{pkg}={ver}")
+                # No kept .deb recorded (nothing was read back from the host): the one the
+                # host may have kept all the same, else the version from its repositories.
+                path = f"{ctx.rollback_dir}/{deb_filename(pkg, ver, arches.get(pkg, 'all'))}"
+                items.append(artifacts.get(pkg) or f"{path}|{pkg}={ver}")
             restore[r.host] = items
             _update_host(ctx, r.host, status="rolling_back")
         ctx.say(f"  rolling back {', '.join(restore)} ({reason})")

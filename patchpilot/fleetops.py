@@ -75,6 +75,11 @@ class PatchRequest:
         )
 
 
+def deb_filename(name: str, version: str, arch: str) -> str:
+    """apt's archive file name, as patchpilot_patch keeps it: the epoch's ':' is written %3a."""
+    return f"{name}_{version.replace(':', '%3a')}_{arch}.deb"
+
+
 def stage_timeouts(stages: Sequence[Mapping[str, Any]]) -> list[int]:
     """Each stage's `timeout` in seconds, from a frozen plan's expansion."""
     return [parse_duration(s["settings"]["timeout"]) for s in stages]

@@ -370,6 +370,10 @@ def test_a_patch_past_its_stage_timeout_is_failed_and_left_for_a_manual_rollback
     after = _versions(lab)
     for h in canary:
         assert after[h] == before[h]
+        # Installed from the .deb the host kept before its install began, not a repository.
+        history = lab.ssh(h, "grep Commandline: /var/log/apt/history.log | tail -n 1").stdout
+        kept = f"/var/cache/patchpilot/rollback/{run['id']}/demoweb_{before[h]}_all.deb"
+        assert kept in history, history
         assert lab.ssh(h, "dpkg --audit").stdout.strip() == ""
         assert http_get(f"http://{lab.hosts[h]}:8080/")[0] == 200
 

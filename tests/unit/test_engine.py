@@ -63,6 +63,7 @@ class FakeFleet:
     crash_in_rollback: int | None = None  # the process dies in this rollback call (1-based)
     hangs: set[str] = field(default_factory=set)  # their patch runs into the stage's timeout
     rollback_error: int | None = None  # this rollback call fails as a whole (1-based)
+    restores: list[dict[str, list[str]]] = field(default_factory=list)  # what each put back
     # What patchpilot_patch keeps on each host: {(rollback_dir, host): {pkg: (from, to)}}.
     saved: dict[tuple[str, str], dict[str, tuple[str, str]]] = field(default_factory=dict)
     opened: list[PatchRequest] = field(default_factory=list)
@@ -79,6 +80,7 @@ class FakeFleet:
         lock_timeout: int,
     ) -> dict[str, HostResult]:
         self.calls.append(("rollback", tuple(restore)))
+        self.restores.append({h: list(items) for h, items in restore.items()})
         if self.crash_in_rollback == len(_order(self, "rollback")):
             raise KeyboardInterrupt("simulated crash")
         if self.rollback_error == len(_order(self, "rollback")):
@@ -89,6 +91,7 @@ class FakeFleet:
                 out[h] = HostResult("unreachable", "Connection timed out")
                 continue
             for item in items:
+                item = item.split("|")[-1]  # no .deb kept on the fake: name=version
                 name = Path(item).name
                 pkg, ver = name.split("_")[:2] if name.endswith(".deb") else item.split("=")
                 self.installed[h][pkg] = ver
@@ -686,6 +689,9 @@ def test_a_patch_past_its_stage_timeout_fails_the_host_and_leaves_it_for_a_human
     # Named by the operator, it is rolled back to the versions from before the run.
     done = rollback_run(engine, summary.run_id, hosts=[stuck], ops=fleet, opts=_opts())
     assert done.exit_code == ExitCode.OK and fleet.installed[stuck]["demoweb"] == "1.0-1"
+    # Nothing was read back, so the .deb the host may have kept is tried before its repositories.
+    kept = f"/var/cache/patchpilot/rollback/{summary.run_id}/demoweb_1.0-1_all.deb"
+    assert fleet.restores[-1] == {stuck: [f"{kept}|demoweb=1.0-1"]}
 
 
 def test_a_rollback_that_fails_for_one_batch_goes_on_with_the_others(engine) -> None:  # type: ignore[no-untyped-def]
