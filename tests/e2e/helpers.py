@@ -16,9 +16,12 @@ BIN = Path(sys.executable).parent
 
 
 def pp(*args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    """Run the real CLI in a subprocess, as a user would."""
+    """Run the real CLI in a subprocess, as a user would. Each gets its own /dev/null as
+    stdin: a shared one is a shared file description, and an ssh running meanwhile (it sets
+    its stdin non-blocking) would make Ansible refuse to start in another test process."""
     proc = subprocess.run(
         [sys.executable, "-m", "patchpilot", *args],
+        stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -35,6 +38,7 @@ def ansible(*args: str, inventory: Path, timeout: float = 300) -> subprocess.Com
     env = {**os.environ, "ANSIBLE_HOST_KEY_CHECKING": "False", "ANSIBLE_NOCOLOR": "1"}
     return subprocess.run(
         [str(BIN / "ansible"), "-i", str(inventory), *args],
+        stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
         timeout=timeout,

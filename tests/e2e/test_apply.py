@@ -228,6 +228,7 @@ def _background_apply(lab: LabFleet, db: Path, plan: Path, log: Path) -> subproc
             str(lab.inventory),
             "--yes",
         ],
+        stdin=subprocess.DEVNULL,  # its own: see helpers.pp
         stdout=log.open("wb"),
         stderr=subprocess.STDOUT,
         env=env,
