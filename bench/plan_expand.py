@@ -10,6 +10,7 @@ every row its own string objects instead, the worst case. The plan is plans/cana
 selection rule does real work. Goal: expand_plan under 2 s.
 
     .venv/bin/python bench/plan_expand.py [--hosts 100000] [--updates 20] [--strings distinct]
+        [--freeze]
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from patchpilot.plan import PlanHost, PlanUpdate, expand_plan, load_plan
+from patchpilot.plan.frozen import canonical_json, freeze, inventory_snapshot
 from patchpilot.risk.types import RiskLevel, RiskScore
 
 PLAN = Path(__file__).resolve().parents[1] / "plans" / "canary.yml"
@@ -92,6 +94,11 @@ def main() -> None:
     parser.add_argument("--updates", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--strings", choices=("shared", "distinct"), default="shared")
+    parser.add_argument(
+        "--freeze",
+        action="store_true",
+        help="also time writing it down as `plan --out` does (to_dict, freeze)",
+    )
     args = parser.parse_args()
 
     base = load_plan(PLAN)
@@ -134,6 +141,20 @@ def main() -> None:
     floor = time.perf_counter() - t0
     print(f"  floor on this machine (visit every update, look up its score): {floor:.2f} s")
     print(f"  peak RSS: {peak_rss_mib():.0f} MiB (inputs and the last expansion)")
+    if args.freeze:
+        t0 = time.perf_counter()
+        expansion = plan.to_dict()
+        t_dict = time.perf_counter() - t0
+        del expansion
+        t0 = time.perf_counter()
+        snapshot = inventory_snapshot(hosts, plan)
+        frozen = freeze(plan, spec, inventory_snapshot=snapshot, created_at=NOW)
+        t_freeze = time.perf_counter() - t0
+        size = len(canonical_json(frozen)) / 2**20
+        print(
+            f"  plan --out: to_dict {t_dict:.1f} s, inventory snapshot and freeze"
+            f" {t_freeze:.1f} s, {size:.0f} MiB of canonical JSON"
+        )
 
 
 if __name__ == "__main__":
