@@ -27,12 +27,13 @@ from sqlmodel import Session, col, select
 from patchpilot.errors import BadInputError, ExitCode, PatchpilotError
 from patchpilot.fleetops import (
     LOCK_TIMEOUT,
-    ROLLBACK_ROOT,
     FleetOps,
     HostResult,
     PatchRequest,
     PatchRun,
     deb_filename,
+    on_impossible,
+    run_rollback_dir,
     stage_timeouts,
 )
 from patchpilot.health.checks import CheckSpec, validate_check
@@ -226,11 +227,6 @@ class _Ctx:
     @property
     def shadow(self) -> bool:
         return bool((self.spec.get("health_policy") or {}).get("shadow", False))
-
-    @property
-    def rollback_dir(self) -> str:
-        """Where patchpilot_patch keeps this run's snapshot and .debs on each host."""
-        return f"{ROLLBACK_ROOT}/{self.run_id}"
 
     def plan_spec(self) -> PlanSpec:
         return plan_from_dict(self.spec, "run plan")
@@ -619,7 +615,7 @@ def _open_patch(ctx: _Ctx, *, force: bool = False) -> None:
         run_id=ctx.run_id,
         reboot=str(ctx.expansion.get("reboot", "if_needed")),
         lock_timeout=ctx.opts.lock_timeout,
-        on_impossible=str(ctx.spec.get("rollback", {}).get("on_impossible", "refuse")),
+        on_impossible=on_impossible(ctx.spec),
         check=ctx.opts.check,
         stage_timeouts=stage_timeouts(ctx.stages),
     )
@@ -690,15 +686,16 @@ def _drive_batches(ctx: _Ctx) -> RunSummary:
             if outcome is not None:
                 return outcome
         _update_run(ctx, stage_index=si + 1, batch_index=0)
-    states = _host_states(ctx)
+    rows = _hosts(ctx)
+    states = {r.host: r.status for r in rows}
     if ctx.opts.check:
-        refused = sorted(h for h, st in states.items() if st not in ("checked", "skipped"))
+        refused = [r for r in rows if r.status not in ("checked", "skipped")]
         if refused:
             return _finish(
                 ctx,
                 "check_failed",
                 "check mode: nothing was changed; would not patch: "
-                + "; ".join(f"{r.host} ({r.message})" for r in _hosts(ctx) if r.host in refused),
+                + "; ".join(f"{r.host} ({r.message})" for r in refused),
             )
         return _finish(ctx, "check", "check mode: nothing was changed")
     failed = sorted(h for h, st in states.items() if st not in ("healthy", "skipped"))
@@ -1155,8 +1152,7 @@ def _patched(
                 _update_host(ctx, r.host, status="failed", failure=failure, message=x.message)
                 ctx.say(f"  {r.host}: preflight failed: {x.message}")
         elif ctx.opts.check:
-            refuse = ctx.spec.get("rollback", {}).get("on_impossible", "refuse") == "refuse"
-            if x.status == "ok" and x.rollback_missing and refuse:
+            if x.status == "ok" and x.rollback_missing and on_impossible(ctx.spec) == "refuse":
                 msg = (
                     "rollback impossible (previous version not available: "
                     f"{', '.join(x.rollback_missing)}); the rollback policy would refuse it"
@@ -1226,7 +1222,8 @@ def _rollback(
                     continue
                 # No kept .deb recorded (nothing was read back from the host): the one the
                 # host may have kept all the same, else the version from its repositories.
-                path = f"{ctx.rollback_dir}/{deb_filename(pkg, ver, arches.get(pkg, 'all'))}"
+                deb = deb_filename(pkg, ver, arches.get(pkg, "all"))
+                path = f"{run_rollback_dir(ctx.run_id)}/{deb}"
                 items.append(artifacts.get(pkg) or f"{path}|{pkg}={ver}")
             restore[r.host] = items
             _update_host(ctx, r.host, status="rolling_back")

@@ -66,13 +66,23 @@ class PatchRequest:
         return cls(
             batches=tuple(tuple(batches[k]) for k in sorted(batches)),
             install=tuple(install),
-            rollback_dir=f"{ROLLBACK_ROOT}/{run_id}",
+            rollback_dir=run_rollback_dir(run_id),
             reboot=reboot,
             lock_timeout=lock_timeout,
             refuse_without_rollback=on_impossible == "refuse",
             check=check,
             timeouts=tuple(timeouts),
         )
+
+
+def run_rollback_dir(run_id: str) -> str:
+    """Where patchpilot_patch keeps a run's snapshot and .debs on each host."""
+    return f"{ROLLBACK_ROOT}/{run_id}"
+
+
+def on_impossible(spec: Mapping[str, Any]) -> str:
+    """A plan's `rollback.on_impossible` (refuse, proceed), from its spec as stored."""
+    return str((spec.get("rollback") or {}).get("on_impossible", "refuse"))
 
 
 def deb_filename(name: str, version: str, arch: str) -> str:

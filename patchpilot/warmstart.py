@@ -20,7 +20,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from patchpilot.fleetops import LOCK_TIMEOUT, AnsibleOps, PatchRequest, PatchRun, stage_timeouts
+from patchpilot.fleetops import (
+    LOCK_TIMEOUT,
+    AnsibleOps,
+    PatchRequest,
+    PatchRun,
+    on_impossible,
+    stage_timeouts,
+)
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +52,7 @@ def frozen_request(data: dict[str, Any], *, run_id: str, check: bool) -> PatchRe
         run_id=run_id,
         reboot=str(expansion.get("reboot", "if_needed")),
         lock_timeout=LOCK_TIMEOUT,
-        on_impossible=str(data["spec"].get("rollback", {}).get("on_impossible", "refuse")),
+        on_impossible=on_impossible(data["spec"]),
         check=check,
         stage_timeouts=stage_timeouts(expansion["stages"]),
     )
