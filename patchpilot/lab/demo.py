@@ -144,6 +144,11 @@ def _check_version(version: str) -> Version:
     )
 
 
+def _in_range(arg: str, high: int) -> bool:
+    """`arg` is a whole number (ASCII digits only) from 1 to `high`."""
+    return arg.isascii() and arg.isdigit() and 0 < int(arg) <= high
+
+
 def parse_demo_spec(spec: str) -> DemoVersion:
     """Turn a command-line spec into a DemoVersion, so users can ask for any patch shape."""
     text = spec.strip()
@@ -169,7 +174,7 @@ def parse_demo_spec(spec: str) -> DemoVersion:
             f"unknown demo behaviour {name!r} in {spec!r}", hint=f"choose one of: {known}"
         ) from None
     if behaviour is Behaviour.INSTALL_HANGS:
-        if not arg.isascii() or not arg.isdigit() or not 0 < int(arg) <= _MAX_HANG_S:
+        if not _in_range(arg, _MAX_HANG_S):
             raise BadInputError(
                 f"install-hangs needs whole seconds from 1 to {_MAX_HANG_S} in {spec!r}",
                 hint="e.g. '1.7-1:install-hangs=30'",
@@ -183,7 +188,7 @@ def parse_demo_spec(spec: str) -> DemoVersion:
         raise BadInputError(
             f"slow needs a latency in milliseconds in {spec!r}", hint="e.g. '1.5-1:slow=300'"
         )
-    if not arg.isascii() or not arg.isdigit() or not 0 < int(arg) <= _MAX_LATENCY_MS:
+    if not _in_range(arg, _MAX_LATENCY_MS):
         raise BadInputError(
             f"slow latency {arg!r} in {spec!r} is not a whole number of milliseconds "
             f"from 1 to {_MAX_LATENCY_MS}",
