@@ -14,8 +14,8 @@ from sqlalchemy import Table, delete, insert
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, SQLModel, select
 
-from patchpilot import executor
 from patchpilot.errors import BadInputError
+from patchpilot.ops import executor
 from patchpilot.patches import validate_package_name, validate_version
 from patchpilot.store.db import session_scope
 from patchpilot.store.models import GatherRun, Host, InstalledPackage, PendingUpdate, Service

@@ -11,11 +11,12 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.engine import Engine
 from sqlmodel import col, select
 
-from patchpilot import executor
 from patchpilot.errors import BadInputError
+from patchpilot.ops import executor
 from patchpilot.plan.expand import ExpandedPlan, PlanHost, PlanUpdate, expand_plan
 from patchpilot.plan.frozen import freeze, inventory_snapshot
-from patchpilot.plan.spec import PlanSpec, load_plan
+from patchpilot.plan.load import load_plan
+from patchpilot.plan.spec import PlanSpec
 from patchpilot.risk.types import RiskScore
 from patchpilot.store.db import session_scope
 from patchpilot.store.models import Host, PendingUpdate

@@ -18,8 +18,8 @@ from patchpilot.console import console, err_console, info, print_json
 from patchpilot.errors import BadInputError, ExitCode
 
 if TYPE_CHECKING:
-    from patchpilot.engine import ApplyOptions, RunSummary
-    from patchpilot.fleetops import PatchRun
+    from patchpilot.ops.fleetops import PatchRun
+    from patchpilot.run.lifecycle import ApplyOptions, RunSummary
 
 InventoryOpt = Annotated[
     Path, typer.Option("-i", "--inventory", help="Ansible inventory: file, directory or script.")
@@ -150,7 +150,7 @@ def plan(
 def _options(ctx: typer.Context, *, check: bool, yes: bool) -> ApplyOptions:
     from rich.prompt import Confirm
 
-    from patchpilot.engine import ApplyOptions
+    from patchpilot.run.lifecycle import ApplyOptions
 
     interactive = sys.stdin.isatty() and sys.stderr.isatty()
 
@@ -236,7 +236,8 @@ def apply(
     warm, run_id = None, None
     if resume is None and plan_file is not None and inventory is not None and (yes or check):
         # Ansible starts while the rest loads; nothing reaches a host until the engine says so.
-        from patchpilot.warmstart import new_run_id, warm_start
+        from patchpilot.ops.warmstart import warm_start
+        from patchpilot.run.ids import new_run_id
 
         run_id = new_run_id(datetime.now(UTC))
         warm = warm_start(plan_file, inventory, run_id=run_id, check=check)
@@ -260,17 +261,17 @@ def _apply(
     run_id: str | None,
     warm: PatchRun | None,
 ) -> None:
-    from patchpilot.engine import resume_run, start_run
-    from patchpilot.fleetops import AnsibleOps
+    from patchpilot.ops.fleetops import AnsibleOps
     from patchpilot.plan.frozen import load_frozen
     from patchpilot.planning import build_plan, is_frozen_file
+    from patchpilot.run.lifecycle import resume_run, start_run
 
     opts = _options(ctx, check=check, yes=yes)
     engine = state(ctx).engine()
     if resume is not None:
         if plan_file is not None:
             raise BadInputError("give either a plan or --resume RUN_ID, not both")
-        from patchpilot.engine import load_run
+        from patchpilot.run.lifecycle import load_run
 
         run = load_run(engine, resume)
         ops = AnsibleOps(inventory or run.inventory)
@@ -328,8 +329,8 @@ def approve(
     ] = None,
 ) -> None:
     """Approve a paused run and continue it."""
-    from patchpilot.engine import load_run, resume_run
-    from patchpilot.fleetops import AnsibleOps
+    from patchpilot.ops.fleetops import AnsibleOps
+    from patchpilot.run.lifecycle import load_run, resume_run
 
     engine = state(ctx).engine()
     run = load_run(engine, run_id)
@@ -359,7 +360,7 @@ def abort(
     ] = None,
 ) -> None:
     """Stop a paused (or crashed) run for good; hosts stay as they are (see `rollback`)."""
-    from patchpilot.engine import abort_run
+    from patchpilot.run.lifecycle import abort_run
 
     summary = abort_run(state(ctx).engine(), run_id, reason=reason)
     info(f"run {summary.run_id}: {summary.message}")
@@ -379,8 +380,8 @@ def rollback(
     ] = None,
 ) -> None:
     """Roll back hosts a run patched, in reverse deploy order, and verify them."""
-    from patchpilot.engine import load_run, rollback_run
-    from patchpilot.fleetops import AnsibleOps
+    from patchpilot.ops.fleetops import AnsibleOps
+    from patchpilot.run.lifecycle import load_run, rollback_run
 
     engine = state(ctx).engine()
     run = load_run(engine, run_id)

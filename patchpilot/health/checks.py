@@ -12,7 +12,9 @@ import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, ConfigDict, Strict, ValidationInfo, with_config
 
 from patchpilot.errors import BadInputError
 from patchpilot.health.types import Direction, Measurement, Threshold
@@ -129,28 +131,43 @@ CATALOGUE: dict[str, CheckKind] = {
     )
 }
 
-_THRESHOLD_KEYS = {
-    "max",
-    "min",
-    "max_increase",
-    "max_ratio",
-    "min_effect",
-    "min_delta",
-    "alpha",
-    "min_samples",
+# Each threshold key and the values it may take: (lowest, highest, lowest included,
+# highest included, whole numbers only). `max` and `min` may be any finite number.
+_THRESHOLD_RANGES: dict[str, tuple[float | None, float | None, bool, bool, bool]] = {
+    "max": (None, None, True, True, False),
+    "min": (None, None, True, True, False),
+    "max_increase": (0, None, True, True, False),
+    "max_ratio": (1, None, False, True, False),
+    "min_effect": (0, 1, True, True, False),
+    "min_delta": (0, None, True, True, False),
+    "alpha": (0, 1, False, False, False),
+    "min_samples": (3, 10_000, True, True, True),
 }
+_THRESHOLD_KEYS = set(_THRESHOLD_RANGES)
 _HOST_RE = re.compile(r"[A-Za-z0-9_.:-]+")
 
 
+def _known_check(value: str, info: ValidationInfo) -> str:
+    """A check of the catalogue, or of the names a caller validates with (context
+    "checks")."""
+    known = (info.context or {}).get("checks", CATALOGUE)
+    if value not in known:
+        raise ValueError(f"unknown health check {value!r} (known: {', '.join(sorted(known))})")
+    return value
+
+
+@with_config(ConfigDict(extra="forbid"))
 @dataclass(frozen=True)
 class CheckSpec:
-    """A check as a plan stage asks for it."""
+    """A check as a plan stage asks for it: the one model of a health check, read from plan
+    files (plan.spec validates it with `validate_check`) and used as is by the run."""
 
-    check: str
+    check: Annotated[str, AfterValidator(_known_check)]
     params: Mapping[str, Any] = field(default_factory=dict)
-    critical: bool | None = None  # None: the catalogue's default
-    thresholds: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
-    id: str | None = None
+    critical: Annotated[bool, Strict()] | None = None  # None: the catalogue's default
+    # Overrides of the catalogue's Threshold per metric; `validate_check` checks them.
+    thresholds: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    id: str | None = None  # names the check when a stage runs the same check twice
 
     @property
     def name(self) -> str:
@@ -221,12 +238,33 @@ def validate_check(spec: CheckSpec, *, where: str = "health") -> None:
                     f"{where}: threshold {metric}.{key} must be a finite number, got {limit!r}",
                     hint="a limit of .nan or .inf never trips; leave the key out instead",
                 )
+            problem = _out_of_range(key, limit)
+            if problem:
+                raise BadInputError(
+                    f"{where}: threshold {metric}.{key} must be {problem}, got {limit!r}",
+                    hint="see docs/health-checks.md for what each threshold means",
+                )
         low, high = values.get("min"), values.get("max")
         if low is not None and high is not None and low > high:
             raise BadInputError(
                 f"{where}: threshold {metric} has min {low:g} above max {high:g}",
                 hint="no value could pass: swap them",
             )
+
+
+def _out_of_range(key: str, value: float) -> str | None:
+    """What a threshold value must be, when it is not."""
+    low, high, low_in, high_in, whole = _THRESHOLD_RANGES[key]
+    below = low is not None and (value < low or (value == low and not low_in))
+    above = high is not None and (value > high or (value == high and not high_in))
+    if not (below or above or (whole and value != int(value))):
+        return None
+    bounds = ["a whole number"] if whole else []
+    if low is not None:
+        bounds.append(f"{'at least' if low_in else 'more than'} {low:g}")
+    if high is not None:
+        bounds.append(f"{'at most' if high_in else 'less than'} {high:g}")
+    return " and ".join(bounds)
 
 
 def module_args(specs: Sequence[CheckSpec]) -> list[dict[str, Any]]:
@@ -332,7 +370,7 @@ def collect(
 ) -> dict[str, list[Measurement]]:
     """Run the checks on hosts (one ansible-runner run for all of them, plus controller-side
     queries) and return each host's Measurements. Unreachable hosts fail their ssh check."""
-    from patchpilot import executor
+    from patchpilot.ops import executor
 
     out: dict[str, list[Measurement]] = {h: [] for h in hosts}
     if not hosts:

@@ -28,6 +28,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Annotated
+
+from pydantic import BeforeValidator, ConfigDict, PlainSerializer, Strict, with_config
 
 from patchpilot.health.types import BatchVerdict, HostVerdict, MetricJudgement, Verdict
 
@@ -36,8 +39,10 @@ __all__ = [
     "DEFAULT_POLICY",
     "ON_FAILURE",
     "PAUSE",
+    "ROLLBACK_FAILED",
     "VerdictPolicy",
     "action_for",
+    "batch_action",
     "batch_verdict",
     "host_verdict",
     "would_do",
@@ -64,17 +69,25 @@ def _count(name: str, value: object) -> None:
         )
 
 
+def _label(verdict: Verdict) -> str:
+    return verdict.label
+
+
+@with_config(ConfigDict(extra="forbid"))
 @dataclass(frozen=True)
 class VerdictPolicy:
-    """Thresholds for host and batch verdicts; see the module docstring. Values come from the
-    plan's `health_policy`, so they are checked here and `inconclusive_is` also accepts the
-    verdict's name ("degraded")."""
+    """Thresholds for host and batch verdicts, and shadow mode; see the module docstring.
+    The one model of a plan's `health_policy`: values are checked here, and
+    `inconclusive_is` also accepts the verdict's name ("degraded")."""
 
-    unhealthy_failures: int = 2
-    degraded_failures: int = 1
-    inconclusive_is: Verdict = Verdict.INCONCLUSIVE
-    batch_unhealthy_hosts: int = 1
+    unhealthy_failures: Annotated[int, Strict()] = 2
+    degraded_failures: Annotated[int, Strict()] = 1
+    inconclusive_is: Annotated[
+        Verdict, BeforeValidator(lambda v: _inconclusive_choice(v)), PlainSerializer(_label)
+    ] = Verdict.INCONCLUSIVE
+    batch_unhealthy_hosts: Annotated[int, Strict()] = 1
     batch_unhealthy_percent: float | None = None
+    shadow: Annotated[bool, Strict()] = False  # judge and record, never act (build trust first)
 
     def __post_init__(self) -> None:
         _count("unhealthy_failures", self.unhealthy_failures)
@@ -211,6 +224,24 @@ def action_for(verdict: Verdict, *, shadow: bool) -> str:
     """What the rollout does after a batch: "continue", "pause" or "on_failure". Shadow mode
     only records (see `would_do`), so it always continues."""
     return CONTINUE if shadow else _ACTIONS[Verdict(verdict)]
+
+
+ROLLBACK_FAILED = "rollback failed hosts"
+
+
+def batch_action(verdict: BatchVerdict, *, shadow: bool) -> str:
+    """What a run does after a judged batch, in the words it records with the verdict: roll
+    back the batch's unhealthy hosts (the failure budget then decides whether the stage's
+    `on_failure` applies), else pause on hosts whose verdict is unclear, else continue. In
+    shadow mode nothing is done, and what would have been is recorded ("would pause")."""
+    hosts = [h.verdict for h in verdict.hosts]
+    if Verdict.UNHEALTHY in hosts:
+        action = ROLLBACK_FAILED
+    elif Verdict.DEGRADED in hosts or Verdict.INCONCLUSIVE in hosts:
+        action = PAUSE
+    else:
+        action = CONTINUE
+    return f"would {action}" if shadow else action
 
 
 def would_do(verdict: Verdict) -> str:

@@ -3,7 +3,18 @@ frozen plans. Pure library code: nothing here runs anything on a host."""
 
 from __future__ import annotations
 
-from patchpilot.plan.expand import (
+from patchpilot.plan.expand import expand_plan
+from patchpilot.plan.frozen import (
+    FORMAT,
+    FrozenPlan,
+    content_hash,
+    freeze,
+    inventory_snapshot,
+    load_frozen,
+    write_frozen,
+)
+from patchpilot.plan.load import format_loc, load_plan, parse_plan, plan_from_dict
+from patchpilot.plan.model import (
     ExcludedUpdate,
     ExpandedPlan,
     HostPlan,
@@ -14,21 +25,10 @@ from patchpilot.plan.expand import (
     StagePlan,
     budget_allowed,
     budget_exceeded,
-    expand_plan,
-)
-from patchpilot.plan.frozen import (
-    FORMAT,
-    FrozenPlan,
-    content_hash,
-    freeze,
-    inventory_snapshot,
-    load_frozen,
-    write_frozen,
 )
 from patchpilot.plan.spec import (
     KNOWN_CHECKS,
     FailureBudget,
-    HealthCheckSpec,
     PlanSpec,
     RollbackSpec,
     Select,
@@ -36,10 +36,7 @@ from patchpilot.plan.spec import (
     Targets,
     Window,
     format_duration,
-    load_plan,
     parse_duration,
-    parse_plan,
-    plan_from_dict,
     resolve_count,
 )
 from patchpilot.plan.window import in_window, next_window
@@ -51,7 +48,6 @@ __all__ = [
     "ExpandedPlan",
     "FailureBudget",
     "FrozenPlan",
-    "HealthCheckSpec",
     "HostPlan",
     "PlanHost",
     "PlanSpec",
@@ -69,6 +65,7 @@ __all__ = [
     "content_hash",
     "expand_plan",
     "format_duration",
+    "format_loc",
     "freeze",
     "in_window",
     "inventory_snapshot",

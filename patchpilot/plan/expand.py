@@ -11,24 +11,45 @@ from __future__ import annotations
 import fnmatch
 import gc
 import hashlib
-import math
 import re
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from fractions import Fraction
-from functools import cached_property
 from itertools import filterfalse, repeat
 from operator import attrgetter
-from typing import Any, NamedTuple
 
 from patchpilot.errors import BadInputError
 from patchpilot.patches import validate_package_name, validate_version
-from patchpilot.plan.spec import FailureBudget, PlanSpec, Select, Stage, resolve_count
+from patchpilot.plan.model import (
+    ARCH_RE,
+    ExcludedUpdate,
+    ExpandedPlan,
+    HostPlan,
+    PlanHost,
+    PlanUpdate,
+    RollbackStep,
+    SkippedHost,
+    StagePlan,
+    budget_allowed,
+    budget_exceeded,
+)
+from patchpilot.plan.spec import PlanSpec, Select, Stage, resolve_count
 from patchpilot.risk.types import RiskLevel, RiskScore
 
-_ARCH_RE = re.compile(r"[A-Za-z0-9_]{1,32}")
+__all__ = [
+    "ExcludedUpdate",
+    "ExpandedPlan",
+    "HostPlan",
+    "PlanHost",
+    "PlanUpdate",
+    "RollbackStep",
+    "SkippedHost",
+    "StagePlan",
+    "budget_allowed",
+    "budget_exceeded",
+    "expand_plan",
+]
 
 R_UNREACHABLE = "unreachable at last gather"
 R_NOTHING = "nothing to patch"
@@ -38,208 +59,6 @@ R_NOT_SECURITY = "not a security update (select.security_only)"
 R_NOT_INCLUDED = "not matched by select.include"
 R_NO_SCORE = "no risk score"
 NO_GROUP = "ungrouped"
-
-
-# --- inputs ----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class PlanHost:
-    """A host as the plan sees it, from the last gather."""
-
-    name: str
-    groups: tuple[str, ...]
-    os_release: str  # e.g. "debian 12 bookworm"
-    facts: Mapping[str, str] = field(default_factory=dict)
-    reachable: bool = True
-
-
-@dataclass(frozen=True, slots=True)
-class PlanUpdate:
-    """One pending update on one host, from the last gather."""
-
-    package: str
-    arch: str
-    installed_version: str
-    candidate_version: str
-    source: str | None
-    security: bool
-    held: bool
-    reboot_needed: bool
-    first_seen: datetime  # aware
-
-
-# --- outputs ---------------------------------------------------------------------------------
-
-
-class SkippedHost(NamedTuple):
-    host: str
-    reason: str
-
-
-class ExcludedUpdate(NamedTuple):
-    host: str
-    update: PlanUpdate
-    reason: str
-
-
-class HostPlan(NamedTuple):
-    """What one host gets: the updates in install order, with their risk scores (None where
-    the update was not scored), its stage and batch, and why it is where it is."""
-
-    name: str
-    os_release: str
-    groups: tuple[str, ...]
-    stage: str
-    batch: int  # index within the stage, from 0
-    reason: str
-    reboot: bool
-    updates: tuple[PlanUpdate, ...]
-    risks: tuple[RiskScore | None, ...]
-
-
-@dataclass(frozen=True)
-class StagePlan:
-    name: str
-    settings: Stage
-    batches: tuple[tuple[str, ...], ...]  # never an empty batch
-    reasons: Mapping[str, str]  # host -> why it is in this stage
-    note: str = ""  # why the stage is empty, or how it was sized
-
-    @property
-    def hosts(self) -> tuple[str, ...]:
-        return tuple(h for batch in self.batches for h in batch)
-
-
-class RollbackStep(NamedTuple):
-    """Undo one host: `packages` in reverse install order, each back to its
-    installed_version."""
-
-    host: str
-    stage: str
-    batch: int
-    packages: tuple[PlanUpdate, ...]
-
-
-@dataclass(frozen=True)
-class ExpandedPlan:
-    plan: str
-    emergency: bool
-    reboot: str
-    evaluated_at: datetime
-    stages: tuple[StagePlan, ...]
-    hosts: Mapping[str, HostPlan]  # in deploy order
-    skipped: tuple[SkippedHost, ...]  # sorted by host
-    excluded: tuple[ExcludedUpdate, ...]  # by host, then in the host's update order
-    failure_budget: int  # failures allowed before the run halts
-    budget: FailureBudget
-    warnings: tuple[str, ...]
-
-    @cached_property
-    def rollback(self) -> tuple[RollbackStep, ...]:
-        """The undo order: the reverse of deploy order (last batch first, and within a
-        batch the last host first), each host's packages in reverse install order."""
-        return tuple(
-            _new(RollbackStep, (name, h.stage, h.batch, h.updates[::-1]))
-            for name, h in list(self.hosts.items())[::-1]
-        )
-
-    @property
-    def total_hosts(self) -> int:
-        return len(self.hosts)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-friendly, with a stable order: what a review shows and a frozen plan keeps."""
-        return {
-            "plan": self.plan,
-            "emergency": self.emergency,
-            "reboot": self.reboot,
-            "evaluated_at": self.evaluated_at.isoformat(),
-            "total_hosts": self.total_hosts,
-            "failure_budget": {
-                "allowed": self.failure_budget,
-                **self.budget.model_dump(mode="json", exclude_none=True),
-            },
-            "stages": [
-                {
-                    "name": s.name,
-                    "settings": s.settings.model_dump(mode="json"),
-                    "batches": [list(b) for b in s.batches],
-                    "note": s.note,
-                }
-                for s in self.stages
-            ],
-            "hosts": [_host_dict(h) for h in self.hosts.values()],
-            "skipped": [{"host": s.host, "reason": s.reason} for s in self.skipped],
-            "excluded": [
-                {
-                    "host": e.host,
-                    "package": e.update.package,
-                    "arch": e.update.arch,
-                    "version": e.update.candidate_version,
-                    "reason": e.reason,
-                }
-                for e in self.excluded
-            ],
-            "rollback": [
-                {
-                    "host": r.host,
-                    "stage": r.stage,
-                    "batch": r.batch,
-                    "packages": [
-                        {"package": u.package, "arch": u.arch, "to_version": u.installed_version}
-                        for u in r.packages
-                    ],
-                }
-                for r in self.rollback
-            ],
-            "warnings": list(self.warnings),
-        }
-
-
-def _host_dict(h: HostPlan) -> dict[str, Any]:
-    return {
-        "name": h.name,
-        "os_release": h.os_release,
-        "groups": list(h.groups),
-        "stage": h.stage,
-        "batch": h.batch,
-        "reason": h.reason,
-        "reboot": h.reboot,
-        "updates": [
-            {
-                "package": u.package,
-                "arch": u.arch,
-                "from": u.installed_version,
-                "to": u.candidate_version,
-                "source": u.source,
-                "security": u.security,
-                "reboot_needed": u.reboot_needed,
-                "risk": s.level.value if s else None,
-                "probability": s.probability if s else None,
-            }
-            for u, s in zip(h.updates, h.risks, strict=True)
-        ],
-    }
-
-
-# --- failure budget --------------------------------------------------------------------------
-
-
-def budget_allowed(total_hosts: int, budget: FailureBudget) -> int:
-    """Failures a run may have and go on: `hosts`, or floor(percent/100 x total_hosts)."""
-    if budget.percent is not None:
-        return math.floor(Fraction(str(budget.percent)) * total_hosts / 100)
-    return budget.hosts or 0
-
-
-def budget_exceeded(
-    failures: int, unreachable: int, total_hosts: int, budget: FailureBudget
-) -> bool:
-    """True when the run must halt: counted failures are above what the budget allows
-    (equal to the allowance still goes on)."""
-    counted = failures + (unreachable if budget.unreachable_counts else 0)
-    return counted > budget_allowed(total_hosts, budget)
 
 
 # --- expansion -------------------------------------------------------------------------------
@@ -521,7 +340,7 @@ def _validate_selected(
     names = [name for name, why in package_reason.items() if why is None]
     bad_names = {n for n in names if not _valid(validate_package_name, n)}
     bad_versions = {v for v in versions if not _valid(validate_version, v)}
-    bad_arches = {a for a in arches if not _ARCH_RE.fullmatch(a)}
+    bad_arches = {a for a in arches if not ARCH_RE.fullmatch(a)}
     if not (bad_names or bad_versions or bad_arches):
         return
     for name, host_updates in zip(chosen.names, chosen.updates, strict=True):

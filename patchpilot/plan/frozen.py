@@ -22,7 +22,8 @@ from typing import Any
 from patchpilot.errors import BadInputError
 from patchpilot.patches import validate_package_name, validate_version
 from patchpilot.plan.expand import ExpandedPlan, PlanHost
-from patchpilot.plan.spec import PlanSpec, plan_from_dict
+from patchpilot.plan.load import plan_from_dict
+from patchpilot.plan.spec import PlanSpec
 
 FORMAT = "patchpilot-frozen-plan/1"
 _FIELDS = ("format", "created_at", "spec", "expansion", "inventory", "sha256")

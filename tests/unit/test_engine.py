@@ -13,7 +13,14 @@ from typing import Any
 import pytest
 from sqlmodel import col, select
 
-from patchpilot.engine import (
+from patchpilot.errors import BadInputError, ExitCode, PatchpilotError
+from patchpilot.health.checks import CheckSpec
+from patchpilot.health.types import Direction, Measurement
+from patchpilot.ops.fleetops import HostResult, PatchRequest
+from patchpilot.plan.expand import PlanHost, PlanUpdate, expand_plan
+from patchpilot.plan.frozen import freeze, inventory_snapshot
+from patchpilot.plan.load import parse_plan
+from patchpilot.run.lifecycle import (
     ApplyOptions,
     RunLocked,
     abort_run,
@@ -21,13 +28,6 @@ from patchpilot.engine import (
     rollback_run,
     start_run,
 )
-from patchpilot.errors import BadInputError, ExitCode, PatchpilotError
-from patchpilot.fleetops import HostResult, PatchRequest
-from patchpilot.health.checks import CheckSpec
-from patchpilot.health.types import Direction, Measurement
-from patchpilot.plan.expand import PlanHost, PlanUpdate, expand_plan
-from patchpilot.plan.frozen import freeze, inventory_snapshot
-from patchpilot.plan.spec import parse_plan
 from patchpilot.settings import db_url
 from patchpilot.store.db import open_store, session_scope
 from patchpilot.store.models import (
@@ -424,11 +424,11 @@ def test_a_crash_mid_install_resumes_by_rolling_the_host_back(engine) -> None:  
 
 
 def test_a_patch_process_started_before_the_run_is_adopted_only_when_identical(engine) -> None:  # type: ignore[no-untyped-def]
-    from patchpilot.warmstart import frozen_request
+    from patchpilot.ops.fleetops import plan_request
 
     spec, data = _frozen(5)
     fleet = _fleet(5)
-    warm = fleet.open_patch(frozen_request(data, run_id="r-warm", check=False))
+    warm = fleet.open_patch(plan_request(data, run_id="r-warm", check=False))
     summary = start_run(
         engine, spec, data, inventory="inv", ops=fleet, opts=_opts(), run_id="r-warm", patching=warm
     )
@@ -438,7 +438,7 @@ def test_a_patch_process_started_before_the_run_is_adopted_only_when_identical(e
 
     # Started for check mode, but the run is real: the engine starts its own.
     fleet = _fleet(5)
-    warm = fleet.open_patch(frozen_request(data, run_id="r-warm2", check=True))
+    warm = fleet.open_patch(plan_request(data, run_id="r-warm2", check=True))
     summary = start_run(
         engine,
         spec,

@@ -19,9 +19,9 @@ from typing import Any
 
 import pytest
 
-from patchpilot import executor
 from patchpilot.errors import BadInputError, ExitCode
-from patchpilot.executor import InventoryHost
+from patchpilot.ops import executor
+from patchpilot.ops.executor import InventoryHost
 
 FORMS = ("ini", "yaml", "directory", "script")
 PATTERNS = {

@@ -11,7 +11,7 @@ from rich.console import Console
 from patchpilot import console as console_module
 from patchpilot.cli import apply as apply_cli
 from patchpilot.plan.expand import expand_plan
-from patchpilot.plan.spec import parse_plan
+from patchpilot.plan.load import parse_plan
 from tests.unit.test_plan_frozen import HOSTS, NOW, SCORES, UPDATES
 
 PLAN = """

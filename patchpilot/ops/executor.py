@@ -22,7 +22,7 @@ from patchpilot.errors import BadInputError, PatchpilotError
 
 log = logging.getLogger(__name__)
 
-PLAYBOOKS = Path(__file__).resolve().parent.parent / "playbooks"
+PLAYBOOKS = Path(__file__).resolve().parents[2] / "playbooks"
 # A connection to a host that vanished fails in ~15 s instead of hanging on a ControlPersist
 # master; used unless the user set their own ANSIBLE_SSH_ARGS.
 DEFAULT_SSH_ARGS = (

@@ -9,15 +9,15 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from patchpilot import executor
 from patchpilot.durations import parse_duration
 from patchpilot.health.checks import CheckSpec, collect
 from patchpilot.health.types import Measurement
+from patchpilot.ops import executor
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +73,38 @@ class PatchRequest:
             check=check,
             timeouts=tuple(timeouts),
         )
+
+
+def plan_request(
+    data: Mapping[str, Any],
+    *,
+    run_id: str,
+    check: bool,
+    lock_timeout: int = LOCK_TIMEOUT,
+    hosts: Collection[str] | None = None,
+) -> PatchRequest:
+    """The one way a patch request is made: from a frozen plan as stored (its JSON form,
+    so the warm start needs nothing but the standard library to make it), for `hosts` (by
+    default every planned host) in deploy order."""
+    expansion = data["expansion"]
+    stage_index = {s["name"]: i for i, s in enumerate(expansion["stages"])}
+    return PatchRequest.build(
+        [
+            (
+                (stage_index[h["stage"]], int(h["batch"])),
+                h["name"],
+                {u["package"]: u["to"] for u in h["updates"]},
+            )
+            for h in expansion["hosts"]
+            if hosts is None or h["name"] in hosts
+        ],
+        run_id=run_id,
+        reboot=str(expansion.get("reboot", "if_needed")),
+        lock_timeout=lock_timeout,
+        on_impossible=on_impossible(data["spec"]),
+        check=check,
+        stage_timeouts=stage_timeouts(expansion["stages"]),
+    )
 
 
 def run_rollback_dir(run_id: str) -> str:

@@ -15,47 +15,11 @@ from __future__ import annotations
 
 import json
 import logging
-import secrets
-from datetime import datetime
 from pathlib import Path
-from typing import Any
 
-from patchpilot.fleetops import (
-    LOCK_TIMEOUT,
-    AnsibleOps,
-    PatchRequest,
-    PatchRun,
-    on_impossible,
-    stage_timeouts,
-)
+from patchpilot.ops.fleetops import AnsibleOps, PatchRun, plan_request
 
 log = logging.getLogger(__name__)
-
-
-def new_run_id(now: datetime) -> str:
-    return f"r-{now.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
-
-
-def frozen_request(data: dict[str, Any], *, run_id: str, check: bool) -> PatchRequest:
-    """The patch request a new run of this frozen plan makes (every host pending)."""
-    expansion = data["expansion"]
-    stage_index = {s["name"]: i for i, s in enumerate(expansion["stages"])}
-    return PatchRequest.build(
-        [
-            (
-                (stage_index[h["stage"]], int(h["batch"])),
-                h["name"],
-                {u["package"]: u["to"] for u in h["updates"]},
-            )
-            for h in expansion["hosts"]
-        ],
-        run_id=run_id,
-        reboot=str(expansion.get("reboot", "if_needed")),
-        lock_timeout=LOCK_TIMEOUT,
-        on_impossible=on_impossible(data["spec"]),
-        check=check,
-        stage_timeouts=stage_timeouts(expansion["stages"]),
-    )
 
 
 def warm_start(
@@ -65,7 +29,7 @@ def warm_start(
     the file is not one (the full validation that follows says why)."""
     try:
         data = json.loads(Path(path).read_text())
-        request = frozen_request(data, run_id=run_id, check=check)
+        request = plan_request(data, run_id=run_id, check=check)
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
     if not request.batches:
