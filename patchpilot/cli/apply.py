@@ -10,11 +10,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.markup import escape
 
 from patchpilot.cli.context import risk_thresholds, state
 from patchpilot.cli.inventory import JsonOpt
-from patchpilot.console import console, err_console, info, print_json
+from patchpilot.console import err_console, info, print_json
 from patchpilot.errors import BadInputError, ExitCode
 
 if TYPE_CHECKING:
@@ -34,76 +33,6 @@ def _next_window(spec: Any, now: datetime) -> str:
     start, end = next_window(spec.window, now)
     state_ = "open now" if start <= now else "next"
     return f"{state_}: {start.isoformat()} .. {end.isoformat()} ({spec.window.timezone})"
-
-
-def render_plan(expansion: dict[str, Any], *, window: str, model: str) -> None:
-    """stages -> batches -> hosts, their updates with versions and risk, what is left out,
-    the failure budget, the window, and the rollback sequence."""
-    from rich.tree import Tree
-
-    hosts = {h["name"]: h for h in expansion["hosts"]}
-    title = f"plan {expansion['plan']}" + (
-        "  [bold red]EMERGENCY[/]" if expansion["emergency"] else ""
-    )
-    tree = Tree(title)
-    for st in expansion["stages"]:
-        s = st["settings"]
-        label = (
-            f"[bold]{st['name']}[/]  hosts={s['hosts']} parallel={s['parallel']} "
-            f"soak={s['soak']} on_failure={s['on_failure']}"
-            + (" approval" if s.get("approval") else "")
-            + (
-                f"  checks: {', '.join(h['check'] for h in s.get('health') or [])}"
-                if s.get("health")
-                else ""
-            )
-        )
-        node = tree.add(label)
-        if not st["batches"]:
-            node.add(f"[dim]empty: {st.get('note') or 'no hosts left'}[/]")
-        for bi, batch in enumerate(st["batches"]):
-            bnode = node.add(f"batch {bi + 1}: {len(batch)} host(s)")
-            for name in batch:
-                h = hosts[name]
-                reboot = "  [bold]reboots[/]" if h.get("reboot") else ""
-                hnode = bnode.add(
-                    f"{name}{reboot}  [dim]{h['os_release']} {','.join(h['groups'])} - "
-                    f"{h['reason']}[/]"
-                )
-                for u in h["updates"]:
-                    risk = f"{u['risk']} {u['probability']:.1%}" if u.get("risk") else "unscored"
-                    hnode.add(f"{u['package']} {u['from']} -> {u['to']}  [dim]risk {risk}[/]")
-    console.print(tree)
-    fb = expansion["failure_budget"]
-    basis = f"{fb['percent']}%" if fb.get("percent") is not None else f"{fb.get('hosts', 0)} hosts"
-    console.print(
-        f"failure budget: {fb['allowed']} failed host(s) allowed ({basis}); the run halts "
-        f"when failures exceed it; unreachable hosts "
-        f"{'count' if fb.get('unreachable_counts', True) else 'do not count'}"
-    )
-    reboots = sum(1 for h in expansion["hosts"] if h.get("reboot"))
-    console.print(
-        f"reboot: {expansion.get('reboot', 'if_needed')}; {reboots} of "
-        f"{len(expansion['hosts'])} host(s) will reboot after their patch"
-    )
-    console.print(f"window: {window}")
-    console.print(f"risk model: {model}")
-    if expansion["excluded"]:
-        console.print(f"excluded updates ({len(expansion['excluded'])}):")
-        for e in expansion["excluded"][:50]:
-            console.print(
-                f"  {e['host']}: {e['package']} {e['version']} - {e['reason']}", markup=False
-            )
-        if len(expansion["excluded"]) > 50:
-            console.print(f"  ... and {len(expansion['excluded']) - 50} more (--json shows all)")
-    for sk in expansion["skipped"]:
-        console.print(f"skipped host {sk['host']}: {sk['reason']}", markup=False)
-    for w in expansion.get("warnings", []):
-        console.print(f"[yellow]warning:[/] {escape(w)}")
-    console.print("rollback sequence (reverse deploy order):")
-    for r in expansion["rollback"]:
-        pk = ", ".join(f"{p['package']} -> {p['to_version']}" for p in r["packages"])
-        console.print(f"  {r['host']} ({r['stage']} batch {r['batch'] + 1}): {pk}")
 
 
 def plan(
@@ -140,6 +69,8 @@ def plan(
             }
         )
         return
+    from patchpilot.cli.render import render_plan
+
     render_plan(built.frozen["expansion"], window=_next_window(built.spec, now), model=built.model)
     for name in built.not_gathered:
         info(f"warning: {name} is in the inventory but was never gathered: not planned")
@@ -334,7 +265,9 @@ def approve(
 
     engine = state(ctx).engine()
     run = load_run(engine, run_id)
-    if run.status != "paused":
+    from patchpilot.run.states import RunState
+
+    if run.status != RunState.PAUSED:
         raise BadInputError(
             f"run {run_id} is {run.status}, not paused",
             hint="only a paused run waits for approval",

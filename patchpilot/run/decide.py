@@ -21,6 +21,7 @@ from patchpilot.run.states import (
     Failure,
     HostEvent,
     HostState,
+    Outcome,
     RunEvent,
     RunState,
     run_after,
@@ -272,14 +273,16 @@ def exit_code(event: RunEvent) -> ExitCode:
     return EXIT_CODES[run_after(RunState.RUNNING, event)]
 
 
-def outcome_of(row: RunHost) -> str | None:
+def outcome_of(row: RunHost) -> Outcome | None:
     """The risk model's evidence from one host's end in a batch (None: nothing learnt)."""
     if row.status in PATCHED:
-        return "healthy"
+        return Outcome.HEALTHY
     if row.status in (HostState.ROLLED_BACK, HostState.ROLLBACK_FAILED):
-        return "install_failed" if row.failure == Failure.INSTALL_FAILED else "rolled_back"
+        return (
+            Outcome.INSTALL_FAILED if row.failure == Failure.INSTALL_FAILED else Outcome.ROLLED_BACK
+        )
     if row.failure in (Failure.INSTALL_FAILED, Failure.TIMEOUT):
-        return "install_failed"
+        return Outcome.INSTALL_FAILED
     if row.failure == Failure.HEALTH_FAILED:
-        return "health_failed"
+        return Outcome.HEALTH_FAILED
     return None

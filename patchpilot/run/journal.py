@@ -26,7 +26,15 @@ from sqlmodel import Session, col, select
 
 from patchpilot.errors import BadInputError, ExitCode, PatchpilotError
 from patchpilot.health.types import Measurement
-from patchpilot.run.states import HostEvent, HostState, RunEvent, RunState, host_after, run_after
+from patchpilot.run.states import (
+    HostEvent,
+    HostState,
+    RunEvent,
+    RunState,
+    StepState,
+    host_after,
+    run_after,
+)
 from patchpilot.store.db import session_scope
 from patchpilot.store.models import (
     AuditEvent,
@@ -311,10 +319,10 @@ class Journal:
             s.flush()
             step_id = row.id
         out: dict[str, Any] = dict(detail)
-        state = "failed"
+        state = StepState.FAILED
         try:
             yield out
-            state = "done"
+            state = StepState.DONE
         finally:
             with session_scope(self.engine) as s:
                 done = s.get(RunStep, step_id)
@@ -335,7 +343,7 @@ class Journal:
                     stage=stage,
                     batch=batch,
                     kind=kind,
-                    state="done",
+                    state=StepState.DONE,
                     hosts=list(hosts),
                     detail=detail,
                     finished_at=datetime.now(UTC),
@@ -345,7 +353,7 @@ class Journal:
     def _done_steps(self, kind: str, **where: Any) -> list[RunStep]:
         with session_scope(self.engine) as s:
             stmt = select(RunStep).where(
-                RunStep.run_id == self.run_id, RunStep.kind == kind, RunStep.state == "done"
+                RunStep.run_id == self.run_id, RunStep.kind == kind, RunStep.state == StepState.DONE
             )
             for k, v in where.items():
                 stmt = stmt.where(getattr(RunStep, k) == v)

@@ -142,6 +142,23 @@ FINISHED = frozenset(
 )
 
 
+class StepState(StrEnum):
+    """A journal step (RunStep.state): written STARTED before it runs, then DONE or FAILED."""
+
+    STARTED = "started"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class Outcome(StrEnum):
+    """What a patch did on a host, as the risk model learns it (PatchOutcome.outcome)."""
+
+    HEALTHY = "healthy"
+    HEALTH_FAILED = "health_failed"
+    INSTALL_FAILED = "install_failed"
+    ROLLED_BACK = "rolled_back"
+
+
 class IllegalTransition(RuntimeError):
     """A move the state tables do not allow: a bug, never a user's mistake."""
 
@@ -150,11 +167,13 @@ def host_after(state: HostState | str, event: HostEvent) -> HostState:
     try:
         return HOST_TRANSITIONS[(HostState(state), event)]
     except (KeyError, ValueError):
-        raise IllegalTransition(f"host state {state!r} has no move on {event!r}") from None
+        raise IllegalTransition(
+            f"host state {str(state)!r} has no move on {str(event)!r}"
+        ) from None
 
 
 def run_after(state: RunState | str, event: RunEvent) -> RunState:
     try:
         return RUN_TRANSITIONS[(RunState(state), event)]
     except (KeyError, ValueError):
-        raise IllegalTransition(f"run state {state!r} has no move on {event!r}") from None
+        raise IllegalTransition(f"run state {str(state)!r} has no move on {str(event)!r}") from None

@@ -9,6 +9,8 @@ from typing import Any
 from sqlalchemy import JSON, Column, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
+from patchpilot.run.states import HostState, RunState, StepState
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
@@ -145,7 +147,7 @@ class Run(SQLModel, table=True):
     plan_sha256: str
     plan: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     inventory: str
-    status: str = "running"  # running, paused, succeeded, failed, partial, aborted, check
+    status: str = RunState.RUNNING  # see run.states
     check_mode: bool = False
     emergency: bool = False
     shadow: bool = False
@@ -170,7 +172,7 @@ class RunStep(SQLModel, table=True):
     stage: int | None = None
     batch: int | None = None
     kind: str  # preflight, baseline, patch, soak, health, verdict, rollback, verify, pause ...
-    state: str = "started"  # started, done, failed
+    state: str = StepState.STARTED  # see run.states
     hosts: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     detail: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     started_at: datetime = Field(default_factory=utcnow)
@@ -188,10 +190,8 @@ class RunHost(SQLModel, table=True):
     stage: int
     batch: int
     order: int  # deploy order across the whole run
-    # pending, patching, patched, healthy, failed, rolling_back, rolled_back, rollback_failed,
-    # unreachable, skipped
-    status: str = "pending"
-    failure: str | None = None  # install_failed, health_failed, unreachable, preflight
+    status: str = HostState.PENDING  # see run.states
+    failure: str | None = None  # run.states.Failure
     updates: list[dict[str, Any]] = Field(
         default_factory=list, sa_column=Column(JSON, nullable=False)
     )

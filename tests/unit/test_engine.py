@@ -834,3 +834,96 @@ def test_runs_show_prints_what_hosts_and_operators_wrote_as_text(
     out = " ".join(capsys.readouterr().out.split())  # Rich may wrap long cells
     assert "E: [/x]" in out
     assert "reason=see [/etc/apt]" in out
+
+
+THREE_STAGES = """
+name: three
+select: {include: [demoweb, libdemo], unscored: include}
+stages:
+  - name: canary
+    hosts: 1
+    health:
+      - {check: http, params: {url: "http://127.0.0.1:8080/"}, critical: true}
+  - name: wave1
+    after: [canary]
+    hosts: 3
+    parallel: 2
+    health:
+      - {check: http, params: {url: "http://127.0.0.1:8080/"}, critical: true}
+  - name: wave2
+    after: [wave1]
+    hosts: rest
+    parallel: 2
+    on_failure: rollback_all
+    health:
+      - {check: http, params: {url: "http://127.0.0.1:8080/"}, critical: true}
+failure_budget: {hosts: 0}
+"""
+
+
+def _two_package_plan(n: int) -> tuple[Any, dict[str, Any]]:
+    spec = parse_plan(THREE_STAGES, source="three.yml")
+    hosts = [PlanHost(f"web{i:02d}", ("web",), "debian 12 bookworm") for i in range(1, n + 1)]
+    updates = {
+        h.name: [
+            PlanUpdate("demoweb", "all", "1.0-1", "1.1-1", "demoweb", False, False, False, NOW),
+            PlanUpdate("libdemo", "all", "2.0-1", "2.1-1", "libdemo", False, False, False, NOW),
+        ]
+        for h in hosts
+    }
+    expanded = expand_plan(spec, hosts, updates, {}, now=NOW)
+    data = freeze(
+        expanded, spec, inventory_snapshot=inventory_snapshot(hosts, expanded), created_at=NOW
+    )
+    return spec, data
+
+
+def _restored(fleet: FakeFleet) -> list[tuple[str, list[str]]]:
+    """(host, packages in the order sent) of every rollback call, in order."""
+    out = []
+    for restore in fleet.restores:
+        for host, items in restore.items():
+            names = []
+            for item in items:
+                item = item.split("|")[-1]
+                name = Path(item).name
+                names.append(name.split("_")[0] if name.endswith(".deb") else item.split("=")[0])
+            out.append((host, names))
+    return out
+
+
+def test_a_rollback_does_what_the_plan_view_showed(engine) -> None:  # type: ignore[no-untyped-def]
+    """The undo order a user reviewed in `plan` (ExpandedPlan.rollback: last batch first,
+    last host of a batch first, each host's packages in reverse install order) is the order
+    the run rolls back in: across stages and batches, manual or after a failure."""
+    from patchpilot.plan.model import ExpandedPlan
+
+    spec, data = _two_package_plan(7)
+    reviewed = [
+        (r.host, [u.package for u in r.packages])
+        for r in ExpandedPlan.from_dict(data["expansion"]).rollback
+    ]
+    assert len({(h["stage"], h["batch"]) for h in data["expansion"]["hosts"]}) >= 4
+    fleet = FakeFleet(
+        {f"web{i:02d}": {"demoweb": "1.0-1", "libdemo": "2.0-1"} for i in range(1, 8)}
+    )
+    summary = start_run(engine, spec, data, inventory="inv", ops=fleet, opts=_opts())
+    assert summary.status == "succeeded", summary.message
+    rollback_run(engine, summary.run_id, hosts=None, ops=fleet, opts=_opts())
+    assert _restored(fleet) == reviewed
+    assert [r["host"] for r in data["expansion"]["rollback"]] == [h for h, _ in reviewed]
+
+    # The last wave breaks: rollback_all undoes every stage, in the same reviewed order.
+    spec, data = _two_package_plan(7)
+    last = data["expansion"]["stages"][-1]["batches"][-1]
+    broken = FakeFleet(
+        {f"web{i:02d}": {"demoweb": "1.0-1", "libdemo": "2.0-1"} for i in range(1, 8)},
+        broken_hosts=set(last),
+    )
+    summary = start_run(engine, spec, data, inventory="inv", ops=broken, opts=_opts())
+    assert summary.status == "failed"
+    # The failed batch is restored first, then every stage's patched hosts.
+    failed_first = [(h, p) for h, p in reviewed if h in last]
+    rest = [(h, p) for h, p in reviewed if h not in last]
+    assert _restored(broken) == failed_first + rest
+    assert all(v == {"demoweb": "1.0-1", "libdemo": "2.0-1"} for v in broken.installed.values())

@@ -9,7 +9,7 @@ import pytest
 from rich.console import Console
 
 from patchpilot import console as console_module
-from patchpilot.cli import apply as apply_cli
+from patchpilot.cli import render as apply_cli
 from patchpilot.plan.expand import expand_plan
 from patchpilot.plan.load import parse_plan
 from tests.unit.test_plan_frozen import HOSTS, NOW, SCORES, UPDATES
