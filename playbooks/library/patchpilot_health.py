@@ -1,14 +1,9 @@
 #!/usr/bin/python
-# -*- coding: utf-8 -*-
 """Ansible module: run patchpilot's health checks on a host and return numbers with units.
 
-Runs on the managed host (Python 3.6+, standard library only). Checks never change the host.
+Runs on the managed host (Python 3.8+, standard library only). Checks never change the host.
 The pure helpers are module-level so patchpilot's unit tests can import them.
 """
-
-from __future__ import absolute_import, division, print_function
-
-__metaclass__ = type
 
 DOCUMENTATION = r"""
 module: patchpilot_health
@@ -30,18 +25,15 @@ options:
     type: float
 """
 
+import contextlib
 import os
 import re
 import shlex
 import socket
 import subprocess
 import time
-
-try:  # Python 3
-    from urllib.error import HTTPError, URLError
-    from urllib.request import Request, urlopen
-except ImportError:  # pragma: no cover
-    HTTPError = URLError = Exception  # type: ignore
+from urllib.error import HTTPError, URLError
+from urllib.request import Request, urlopen
 
 HIGHER = "higher_is_worse"
 LOWER = "lower_is_worse"
@@ -61,9 +53,7 @@ def metric(name, unit, samples, direction=HIGHER, error=None, lines=None):
 
 def run(argv, timeout=30):
     env = dict(os.environ, LC_ALL="C", SYSTEMD_PAGER="", PAGER="cat")
-    p = subprocess.run(
-        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout, env=env
-    )
+    p = subprocess.run(argv, capture_output=True, timeout=timeout, env=env)
     return p.returncode, p.stdout.decode("utf-8", "replace"), p.stderr.decode("utf-8", "replace")
 
 
@@ -93,7 +83,7 @@ def kernel_version_key(version):
 
 
 def newest_installed_kernel(names):
-    versions = [n[len("vmlinuz-"):] for n in names if n.startswith("vmlinuz-")]
+    versions = [n[len("vmlinuz-") :] for n in names if n.startswith("vmlinuz-")]
     return max(versions, key=kernel_version_key) if versions else None
 
 
@@ -107,16 +97,14 @@ def check_systemd_units(params, since):
     units = params.get("units") or []
     inactive, restarts, lines = 0, 0, []
     for unit in units:
-        rc, out, _ = run(["systemctl", "is-active", unit])
+        _rc, out, _ = run(["systemctl", "is-active", unit])
         state = out.strip() or "unknown"
         if state != "active":
             inactive += 1
-            lines.append("%s is %s" % (unit, state))
-        rc, out, _ = run(["systemctl", "show", "-p", "NRestarts", "--value", unit])
-        try:
+            lines.append(f"{unit} is {state}")
+        _rc, out, _ = run(["systemctl", "show", "-p", "NRestarts", "--value", unit])
+        with contextlib.suppress(ValueError):
             restarts += int(out.strip() or 0)
-        except ValueError:
-            pass
     return [
         metric("inactive_units", "count", [inactive], lines=lines),
         metric("restarts", "count", [restarts]),
@@ -145,27 +133,27 @@ def check_http(params, since):
         t0 = time.time()
         status = None
         try:
-            resp = urlopen(Request(url, headers={"User-Agent": "patchpilot-health"}),
-                           timeout=timeout)
+            resp = urlopen(
+                Request(url, headers={"User-Agent": "patchpilot-health"}), timeout=timeout
+            )
             status = resp.getcode()
             resp.read(65536)
         except HTTPError as exc:
             status = exc.code
         except (URLError, socket.timeout, OSError) as exc:
-            lines.append("%s: %s" % (url, getattr(exc, "reason", exc)))
+            lines.append("{}: {}".format(url, getattr(exc, "reason", exc)))
         elapsed = (time.time() - t0) * 1000.0
         if status is not None:
             latencies.append(elapsed)
         if status not in expect:
             bad += 1
             if status is not None:
-                lines.append("%s answered %s" % (url, status))
+                lines.append(f"{url} answered {status}")
         if i + 1 < samples and interval > 0:
             time.sleep(interval)
     return [
         metric("error_rate", "%", [100.0 * bad / max(1, samples)], lines=lines),
-        metric("latency_ms", "ms", latencies,
-               error=None if latencies else "no answer from %s" % url),
+        metric("latency_ms", "ms", latencies, error=None if latencies else f"no answer from {url}"),
     ]
 
 
@@ -177,7 +165,7 @@ def check_tcp(params, since):
         with socket.create_connection((host, port), timeout=timeout):
             return [metric("open", "bool", [1], LOWER)]
     except OSError as exc:
-        return [metric("open", "bool", [0], LOWER, lines=["%s:%d: %s" % (host, port, exc)])]
+        return [metric("open", "bool", [0], LOWER, lines=[f"{host}:{int(port)}: {exc}"])]
 
 
 def check_command(params, since):
@@ -190,20 +178,27 @@ def check_command(params, since):
         return [metric("ok", "bool", [0], LOWER, lines=[str(exc)])]
     ok = rc == expect_rc and (not pattern or re.search(pattern, out) is not None)
     tail = (out + err).strip().splitlines()[-MAX_LINES:]
-    return [metric("ok", "bool", [1 if ok else 0], LOWER, lines=[] if ok else
-                   ["exit %d (expected %d)" % (rc, expect_rc)] + tail)]
+    return [
+        metric(
+            "ok",
+            "bool",
+            [1 if ok else 0],
+            LOWER,
+            lines=[] if ok else [f"exit {rc} (expected {int(expect_rc)})", *tail],
+        )
+    ]
 
 
 def check_journal_errors(params, since):
     argv = ["journalctl", "-p", "err", "-o", "short-iso", "--no-pager", "-q"]
     if since:
-        argv += ["--since", "@%d" % int(since)]
+        argv += ["--since", f"@{int(since)}"]
     else:
-        argv += ["--since", "-%ds" % int(params.get("window", 300))]
+        argv += ["--since", f"-{int(params.get('window', 300))}s"]
     rc, out, err = run(argv)
     if rc != 0:
         return [metric("journal_errors", "count", [], error=err.strip() or "journalctl failed")]
-    lines = [l for l in out.splitlines() if l.strip()]
+    lines = [line for line in out.splitlines() if line.strip()]
     return [metric("journal_errors", "count", [len(lines)], lines=lines[-MAX_LINES:])]
 
 
@@ -228,10 +223,17 @@ def check_kernel(params, since):
     running = os.uname()[2]
     expected = params.get("expect") or newest_installed_kernel(os.listdir("/boot"))
     if expected is None:  # no kernel image on this host (containers): nothing to expect
-        return [metric("kernel_expected", "bool", [1], LOWER, lines=["running %s" % running])]
+        return [metric("kernel_expected", "bool", [1], LOWER, lines=[f"running {running}"])]
     ok = running == expected
-    return [metric("kernel_expected", "bool", [1 if ok else 0], LOWER,
-                   lines=[] if ok else ["running %s, expected %s" % (running, expected)])]
+    return [
+        metric(
+            "kernel_expected",
+            "bool",
+            [1 if ok else 0],
+            LOWER,
+            lines=[] if ok else [f"running {running}, expected {expected}"],
+        )
+    ]
 
 
 CHECKS = {
@@ -256,10 +258,10 @@ def run_checks(checks, since):
         fn = CHECKS.get(name)
         try:
             if fn is None:
-                raise ValueError("unknown check %r" % name)
+                raise ValueError(f"unknown check {name!r}")
             metrics = fn(item.get("params") or {}, since)
         except Exception as exc:  # one broken check must not hide the others
-            metrics = [metric("error", "bool", [], error="%s: %s" % (type(exc).__name__, exc))]
+            metrics = [metric("error", "bool", [], error=f"{type(exc).__name__}: {exc}")]
         results.append({"id": item.get("id", name), "check": name, "metrics": metrics})
     return results
 
@@ -278,8 +280,13 @@ def main():
     results = run_checks(module.params["checks"], module.params["since"])
     with open("/proc/sys/kernel/random/boot_id") as fh:
         boot_id = fh.read().strip()
-    module.exit_json(changed=False, checks=results, boot_id=boot_id,
-                     measured_at=time.time(), duration=time.time() - t0)
+    module.exit_json(
+        changed=False,
+        checks=results,
+        boot_id=boot_id,
+        measured_at=time.time(),
+        duration=time.time() - t0,
+    )
 
 
 if __name__ == "__main__":

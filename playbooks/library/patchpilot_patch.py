@@ -1,5 +1,4 @@
 #!/usr/bin/python
-# -*- coding: utf-8 -*-
 """Ansible module: patch one apt/dpkg host in one round trip.
 
 1. Preflight: enough disk, dpkg not left interrupted, the apt/dpkg locks free (waited for),
@@ -11,13 +10,9 @@
    never a held package), waiting for the dpkg lock.
 4. Read back the installed versions and whether the host asks for a reboot.
 
-Runs on the managed host (Python 3.6+, standard library only). In check mode it runs the
+Runs on the managed host (Python 3.8+, standard library only). In check mode it runs the
 preflight and asks apt-get to simulate the install; nothing changes.
 """
-
-from __future__ import absolute_import, division, print_function
-
-__metaclass__ = type
 
 DOCUMENTATION = r"""
 module: patchpilot_patch
@@ -61,8 +56,7 @@ SNAPSHOT = "snapshot.json"
 
 def run(argv, cwd=None, timeout=None):
     env = dict(os.environ, LC_ALL="C", DEBIAN_FRONTEND="noninteractive")
-    p = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=cwd,
-                       timeout=timeout, env=env)
+    p = subprocess.run(argv, capture_output=True, cwd=cwd, timeout=timeout, env=env)
     return p.returncode, p.stdout.decode("utf-8", "replace"), p.stderr.decode("utf-8", "replace")
 
 
@@ -70,9 +64,15 @@ def query(names):
     """{name: (version, architecture, held)} of the installed packages among `names`."""
     if not names:
         return {}
-    rc, out, err = run(["dpkg-query", "-W", "-f",
-                        "${Package} ${Version} ${db:Status-Abbrev} ${Architecture} "
-                        "${db:Status-Want}\n"] + list(names))
+    _rc, out, _err = run(
+        [
+            "dpkg-query",
+            "-W",
+            "-f",
+            "${Package} ${Version} ${db:Status-Abbrev} ${Architecture} ${db:Status-Want}\n",
+            *list(names),
+        ]
+    )
     found = {}
     for line in out.splitlines():
         parts = line.split()
@@ -83,7 +83,7 @@ def query(names):
 
 def deb_filename(name, version, arch):
     """apt's archive file name: the epoch's ':' is written %3a."""
-    return "%s_%s_%s.deb" % (name, version.replace(":", "%3a"), arch)
+    return "{}_{}_{}.deb".format(name, version.replace(":", "%3a"), arch)
 
 
 def locks_free():
@@ -114,7 +114,7 @@ def load_snapshot(path):
         with open(path) as fh:
             data = json.load(fh)
         return data if isinstance(data, dict) else {}
-    except (IOError, OSError, ValueError):
+    except (OSError, ValueError):
         return {}
 
 
@@ -150,14 +150,25 @@ def main():
     for item in p["install"]:
         name, sep, version = item.partition("=")
         if not sep or not name or not version:
-            module.fail_json(msg="install items must be name=version, got %r" % item,
-                             phase="preflight")
+            module.fail_json(
+                msg=f"install items must be name=version, got {item!r}", phase="preflight"
+            )
         targets[name] = version
     with open("/proc/sys/kernel/random/boot_id") as fh:
         boot_id = fh.read().strip()
-    result = dict(changed=False, phase="preflight", snapshot={}, artifacts={},
-                  rollback_missing=[], held=[], problems=[], versions={}, installed=[],
-                  reboot_required=False, boot_id=boot_id)
+    result = dict(
+        changed=False,
+        phase="preflight",
+        snapshot={},
+        artifacts={},
+        rollback_missing=[],
+        held=[],
+        problems=[],
+        versions={},
+        installed=[],
+        reboot_required=False,
+        boot_id=boot_id,
+    )
 
     def fail(msg):
         module.fail_json(msg=msg, **result)
@@ -166,17 +177,21 @@ def main():
     problems = result["problems"]
     for path in ("/", "/var"):
         if free_mb(path) < p["min_free_mb"]:
-            problems.append("only %d MB free on %s (need %d)" % (free_mb(path), path,
-                                                                p["min_free_mb"]))
+            problems.append(
+                f"only {int(free_mb(path))} MB free on {path} (need {int(p['min_free_mb'])})"
+            )
     rc, out, err = run(["dpkg", "--audit"])
     if out.strip():
-        problems.append("dpkg was interrupted or left packages half-configured "
-                        "(run `dpkg --configure -a`): " + " ".join(out.split())[:300])
+        problems.append(
+            "dpkg was interrupted or left packages half-configured "
+            "(run `dpkg --configure -a`): " + " ".join(out.split())[:300]
+        )
     t0 = time.time()
     while not locks_free():
         if time.time() - t0 >= p["lock_timeout"]:
-            problems.append("the dpkg/apt lock is held by another process (waited %ds)"
-                            % p["lock_timeout"])
+            problems.append(
+                f"the dpkg/apt lock is held by another process (waited {int(p['lock_timeout'])}s)"
+            )
             break
         time.sleep(1)
     result["lock_waited"] = round(time.time() - t0, 1)
@@ -196,8 +211,9 @@ def main():
             old = saved.get(name)
             if isinstance(old, dict) and old.get("to") == version and old.get("from"):
                 result["snapshot"][name] = old["from"]
-                kept_deb = os.path.join(p["rollback_dir"], deb_filename(
-                    name, old["from"], old.get("arch") or native))
+                kept_deb = os.path.join(
+                    p["rollback_dir"], deb_filename(name, old["from"], old.get("arch") or native)
+                )
                 if os.path.exists(kept_deb):
                     result["artifacts"][name] = kept_deb
         fail("; ".join(problems))
@@ -216,8 +232,11 @@ def main():
             continue
         if name in before:
             result["snapshot"][name] = before[name][0]
-        record[name] = {"from": before[name][0] if name in before else None, "to": version,
-                        "arch": before[name][1] if name in before else None}
+        record[name] = {
+            "from": before[name][0] if name in before else None,
+            "to": version,
+            "arch": before[name][1] if name in before else None,
+        }
     if record != saved and not module.check_mode:
         save_snapshot(snap_path, record)
     for name, version in sorted(result["snapshot"].items()):
@@ -231,39 +250,49 @@ def main():
         if module.check_mode:
             result["artifacts"][name] = cached[0] if cached else None
             if not cached:
-                rc, out, err = run(["apt-cache", "show", "%s=%s" % (name, version)])
+                rc, out, err = run(["apt-cache", "show", f"{name}={version}"])
                 if rc != 0:
-                    result["rollback_missing"].append("%s=%s" % (name, version))
+                    result["rollback_missing"].append(f"{name}={version}")
             continue
         if cached:
             shutil.copy2(cached[0], target)
         else:
-            run(["apt-get", "download", "-q", "%s=%s" % (name, version)], cwd=p["rollback_dir"])
+            run(["apt-get", "download", "-q", f"{name}={version}"], cwd=p["rollback_dir"])
         if os.path.exists(target):
             result["artifacts"][name] = target
             kept = True
         else:
-            result["rollback_missing"].append("%s=%s" % (name, version))
+            result["rollback_missing"].append(f"{name}={version}")
     result["changed"] = kept
     if result["rollback_missing"] and p["refuse_without_rollback"] and not module.check_mode:
-        fail("rollback impossible (previous version not available: %s); refused by the "
-             "rollback policy" % ", ".join(result["rollback_missing"]))
+        fail(
+            "rollback impossible (previous version not available: {}); refused by the "
+            "rollback policy".format(", ".join(result["rollback_missing"]))
+        )
 
     # 3. Install exactly these versions.
     result["phase"] = "install"
-    todo = sorted("%s=%s" % (n, v) for n, v in targets.items()
-                  if n not in before or before[n][0] != v)
+    todo = sorted(f"{n}={v}" for n, v in targets.items() if n not in before or before[n][0] != v)
     if todo:
-        argv = ["apt-get", "install", "-y", "-q", "--no-install-recommends",
-                "-o", "DPkg::Lock::Timeout=%d" % p["lock_timeout"],
-                "-o", "Dpkg::Options::=--force-confdef",
-                "-o", "Dpkg::Options::=--force-confold"]
+        argv = [
+            "apt-get",
+            "install",
+            "-y",
+            "-q",
+            "--no-install-recommends",
+            "-o",
+            f"DPkg::Lock::Timeout={int(p['lock_timeout'])}",
+            "-o",
+            "Dpkg::Options::=--force-confdef",
+            "-o",
+            "Dpkg::Options::=--force-confold",
+        ]
         if module.check_mode:
             argv.append("-s")
         rc, out, err = run(argv + todo)
         if rc != 0:
             result["versions"] = dict((n, v) for n, (v, _, _) in query(targets).items())
-            fail("apt-get install failed (exit %d): %s" % (rc, tail(err or out)))
+            fail(f"apt-get install failed (exit {rc}): {tail(err or out)}")
         if not module.check_mode:
             result["installed"] = todo
             result["changed"] = True

@@ -1,14 +1,9 @@
 #!/usr/bin/python
-# -*- coding: utf-8 -*-
 """Ansible module: pending updates of a host, with what their changelogs say.
 
-Runs on the managed host (Python 3.6+, no third-party imports besides python3-apt on apt
+Runs on the managed host (Python 3.8+, no third-party imports besides python3-apt on apt
 hosts). Pure parsing functions are module-level so patchpilot's unit tests can import them.
 """
-
-from __future__ import absolute_import, division, print_function
-
-__metaclass__ = type
 
 DOCUMENTATION = r"""
 module: patchpilot_pending
@@ -50,8 +45,10 @@ CVE_RE = re.compile(r"CVE-\d{4}-\d{4,}")
 HEADER_RE = re.compile(r"^(\S+) \(([^()\s]+)\) ([^;]+);\s*(.*)$")
 TRAILER_RE = re.compile(r"^ -- (.*?)  (.+)$")
 URGENCY_RANK = {"low": 0, "medium": 1, "high": 2, "emergency": 3, "critical": 4}
-REBOOT_RE = re.compile(r"^(linux-image-|linux-modules-|libc6$|systemd$|dbus$|dbus-daemon$|"
-                       r"intel-microcode$|amd64-microcode$|kernel$|kernel-core$|glibc$)")
+REBOOT_RE = re.compile(
+    r"^(linux-image-|linux-modules-|libc6$|systemd$|dbus$|dbus-daemon$|"
+    r"intel-microcode$|amd64-microcode$|kernel$|kernel-core$|glibc$)"
+)
 
 
 # ---- pure helpers (unit-tested) ---------------------------------------------------------
@@ -71,10 +68,16 @@ def parse_changelog(text):
             params = dict(
                 p.strip().lower().split("=", 1) for p in m.group(4).split(",") if "=" in p
             )
-            current = {"package": m.group(1), "version": m.group(2), "when": None,
-                       "urgency": params.get("urgency", "").lower().split()[0]
-                       if params.get("urgency") else None,
-                       "body": [], "date": None}
+            current = {
+                "package": m.group(1),
+                "version": m.group(2),
+                "when": None,
+                "urgency": params.get("urgency", "").lower().split()[0]
+                if params.get("urgency")
+                else None,
+                "body": [],
+                "date": None,
+            }
             entries.append(current)
             continue
         if current is None:
@@ -102,8 +105,11 @@ def is_debian_changelog(text):
 def changelog_facts(text, installed, candidate, compare):
     """Facts about the entries newer than `installed` up to `candidate` (compare is a
     Debian version comparison returning <0, 0, >0)."""
-    newer = [e for e in parse_changelog(text)
-             if compare(e["version"], installed) > 0 and compare(e["version"], candidate) <= 0]
+    newer = [
+        e
+        for e in parse_changelog(text)
+        if compare(e["version"], installed) > 0 and compare(e["version"], candidate) <= 0
+    ]
     cves = set()
     for e in newer:
         cves.update(CVE_RE.findall(e["body"]))
@@ -174,11 +180,15 @@ def parse_zypper_updates(xml_text):
         if upd.get("kind", "package") != "package":
             continue
         source = upd.find("source")
-        updates.append({
-            "package": upd.get("name"), "arch": upd.get("arch", ""),
-            "candidate": upd.get("edition"), "installed": upd.get("edition-old"),
-            "origin": source.get("alias") if source is not None else None,
-        })
+        updates.append(
+            {
+                "package": upd.get("name"),
+                "arch": upd.get("arch", ""),
+                "candidate": upd.get("edition"),
+                "installed": upd.get("edition-old"),
+                "origin": source.get("alias") if source is not None else None,
+            }
+        )
     return updates
 
 
@@ -224,14 +234,19 @@ def apt_updates(module, changelogs, cache_dir):
             origin, label, archive = f.origin or "", f.label or "", f.archive or ""
             if records.lookup((f, idx)):
                 source = records.source_pkg or pkg.name
-        updates.append({
-            "package": pkg.name, "arch": cand.arch, "installed": cur.ver_str,
-            "candidate": cand.ver_str, "source": source,
-            "origin": "/".join(x for x in (origin, archive) if x) or None,
-            "security": is_security_origin(label, archive),
-            "held": pkg.selected_state == apt_pkg.SELSTATE_HOLD,
-            "reboot_needed": reboot_needed(pkg.name),
-        })
+        updates.append(
+            {
+                "package": pkg.name,
+                "arch": cand.arch,
+                "installed": cur.ver_str,
+                "candidate": cand.ver_str,
+                "source": source,
+                "origin": "/".join(x for x in (origin, archive) if x) or None,
+                "security": is_security_origin(label, archive),
+                "held": pkg.selected_state == apt_pkg.SELSTATE_HOLD,
+                "reboot_needed": reboot_needed(pkg.name),
+            }
+        )
     if changelogs and updates:
         add_apt_changelogs(module, updates, cache_dir, apt_pkg.version_compare)
     return updates
@@ -240,11 +255,15 @@ def apt_updates(module, changelogs, cache_dir):
 def add_apt_changelogs(module, updates, cache_dir, compare):
     if not os.path.isdir(cache_dir):
         os.makedirs(cache_dir, 0o755)
-    wanted = ["%s:%s=%s" % (u["package"], u["arch"], u["candidate"]) if u["arch"] != "all"
-              else "%s=%s" % (u["package"], u["candidate"]) for u in updates]
+    wanted = [
+        "{}:{}={}".format(u["package"], u["arch"], u["candidate"])
+        if u["arch"] != "all"
+        else "{}={}".format(u["package"], u["candidate"])
+        for u in updates
+    ]
     missing = [w for w, u in zip(wanted, updates) if not _deb_path(cache_dir, u)]
     if missing:
-        rc, out, err = module.run_command(["apt-get", "download", "-q"] + missing, cwd=cache_dir)
+        rc, _out, _err = module.run_command(["apt-get", "download", "-q", *missing], cwd=cache_dir)
         if rc != 0:  # one bad package must not hide the others' facts
             for w in missing:
                 module.run_command(["apt-get", "download", "-q", w], cwd=cache_dir)
@@ -264,15 +283,16 @@ def add_apt_changelogs(module, updates, cache_dir, compare):
             if u["cve_ids"] and not u["security"]:
                 u["security"] = True  # a fix for a CVE is a security update wherever it comes from
         else:
-            u.update({"cve_ids": [], "urgency": None, "changelog_entries": None,
-                      "changelog_date": None})
+            u.update(
+                {"cve_ids": [], "urgency": None, "changelog_entries": None, "changelog_date": None}
+            )
         u["upstream_changed"] = upstream_version(u["installed"]) != upstream_version(u["candidate"])
     _prune(cache_dir, updates)
 
 
 def _deb_path(cache_dir, u):
     version = u["candidate"].replace(":", "%3a")
-    path = os.path.join(cache_dir, "%s_%s_%s.deb" % (u["package"], version, u["arch"]))
+    path = os.path.join(cache_dir, "{}_{}_{}.deb".format(u["package"], version, u["arch"]))
     return path if os.path.exists(path) else None
 
 
@@ -285,13 +305,14 @@ def _prune(cache_dir, updates):
 
 def read_deb_changelog(path, package, arch):
     """The Debian changelog inside a .deb, or None (e.g. its doc dir links to another package)."""
-    proc = subprocess.run(["dpkg-deb", "--fsys-tarfile", path], stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, check=False)
+    proc = subprocess.run(["dpkg-deb", "--fsys-tarfile", path], capture_output=True, check=False)
     if proc.returncode != 0:
         return None
-    names = ["./usr/share/doc/%s/changelog.Debian.gz" % package,
-             "./usr/share/doc/%s/changelog.Debian.%s.gz" % (package, arch),
-             "./usr/share/doc/%s/changelog.gz" % package]
+    names = [
+        f"./usr/share/doc/{package}/changelog.Debian.gz",
+        f"./usr/share/doc/{package}/changelog.Debian.{arch}.gz",
+        f"./usr/share/doc/{package}/changelog.gz",
+    ]
     with tarfile.open(fileobj=io.BytesIO(proc.stdout)) as tar:
         members = {m.name: m for m in tar.getmembers() if m.isfile()}
         for name in names:
@@ -310,7 +331,7 @@ def read_deb_changelog(path, package, arch):
 def dnf_updates(module, tool):
     rc, out, err = module.run_command([tool, "-q", "check-update"])
     if rc not in (0, 100):
-        module.fail_json(msg="%s check-update failed: %s" % (tool, err.strip()))
+        module.fail_json(msg=f"{tool} check-update failed: {err.strip()}")
     updates = parse_dnf_check_update(out)
     rc, info, _ = module.run_command([tool, "-q", "updateinfo", "list", "--with-cve"])
     cves, security = parse_dnf_updateinfo(info) if rc == 0 else ({}, set())
@@ -319,26 +340,46 @@ def dnf_updates(module, tool):
         security |= parse_dnf_updateinfo(info)[1]
     for u in updates:
         rc, cur, _ = module.run_command(
-            ["rpm", "-q", "--qf", "%{EPOCHNUM}:%{VERSION}-%{RELEASE}\n", u["package"]])
+            ["rpm", "-q", "--qf", "%{EPOCHNUM}:%{VERSION}-%{RELEASE}\n", u["package"]]
+        )
         u["installed"] = cur.strip().splitlines()[-1] if rc == 0 and cur.strip() else ""
-        u.update({"security": u["package"] in security or bool(cves.get(u["package"])),
-                  "cve_ids": sorted(cves.get(u["package"], ())), "held": False,
-                  "reboot_needed": reboot_needed(u["package"]), "source": u["package"],
-                  "urgency": None, "changelog_entries": None, "changelog_date": None,
-                  "upstream_changed": None})
+        u.update(
+            {
+                "security": u["package"] in security or bool(cves.get(u["package"])),
+                "cve_ids": sorted(cves.get(u["package"], ())),
+                "held": False,
+                "reboot_needed": reboot_needed(u["package"]),
+                "source": u["package"],
+                "urgency": None,
+                "changelog_entries": None,
+                "changelog_date": None,
+                "upstream_changed": None,
+            }
+        )
     return updates
 
 
 def zypper_updates(module):
-    rc, out, err = module.run_command(["zypper", "--non-interactive", "--xmlout",
-                                       "list-updates", "--all"])
+    rc, out, err = module.run_command(
+        ["zypper", "--non-interactive", "--xmlout", "list-updates", "--all"]
+    )
     if rc != 0:
-        module.fail_json(msg="zypper list-updates failed: %s" % err.strip())
+        module.fail_json(msg=f"zypper list-updates failed: {err.strip()}")
     updates = parse_zypper_updates(out)
     for u in updates:
-        u.update({"security": False, "cve_ids": [], "held": False, "source": u["package"],
-                  "reboot_needed": reboot_needed(u["package"]), "urgency": None,
-                  "changelog_entries": None, "changelog_date": None, "upstream_changed": None})
+        u.update(
+            {
+                "security": False,
+                "cve_ids": [],
+                "held": False,
+                "source": u["package"],
+                "reboot_needed": reboot_needed(u["package"]),
+                "urgency": None,
+                "changelog_entries": None,
+                "changelog_date": None,
+                "upstream_changed": None,
+            }
+        )
     return updates
 
 
@@ -363,12 +404,14 @@ def main():
                 ["apt-get", "update", "-q", "-o", "DPkg::Lock::Timeout=120"]
             )
             if rc != 0:
-                module.fail_json(msg="apt-get update failed: %s" % err.strip()[-500:])
+                module.fail_json(msg=f"apt-get update failed: {err.strip()[-500:]}")
         try:
             result["updates"] = apt_updates(module, p["changelogs"], p["cache_dir"])
         except ImportError:
-            module.fail_json(msg="python3-apt is missing on the host",
-                             hint="install it: apt-get install python3-apt")
+            module.fail_json(
+                msg="python3-apt is missing on the host",
+                hint="install it: apt-get install python3-apt",
+            )
     elif module.get_bin_path("dnf") or module.get_bin_path("yum"):
         tool = "dnf" if module.get_bin_path("dnf") else "yum"
         result["package_manager"] = tool

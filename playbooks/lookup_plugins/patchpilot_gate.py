@@ -1,4 +1,3 @@
-# -*- coding: utf-8 -*-
 """Lookup plugin: wait on the controller until patchpilot's engine releases the next batch.
 
 The engine runs the whole patch playbook as one Ansible process (`serial` batches) and
@@ -7,10 +6,6 @@ after the batch (`key`) in `dir`, written by the engine once the batch is journa
 returns its content: "go", or "stop" to end the play. If the engine process (`pid`) is gone,
 it returns "stop": no batch ever starts without an engine to record it.
 """
-
-from __future__ import absolute_import, division, print_function
-
-__metaclass__ = type
 
 DOCUMENTATION = r"""
 name: patchpilot_gate
@@ -52,7 +47,7 @@ class LookupModule(LookupBase):
             try:
                 with open(path) as fh:
                     return [fh.read().strip()]
-            except (IOError, OSError):
+            except OSError:
                 pass
             if not _alive(pid):
                 return ["stop"]
