@@ -10,6 +10,8 @@ import typer
 
 from patchpilot.cli.context import state
 from patchpilot.console import console, info, print_json, print_table
+from patchpilot.lab import faults
+from patchpilot.lab import offer as offer_
 from patchpilot.lab.fleet import DEFAULT_GROUPS, DEFAULT_RELEASE, Lab, parse_fleet
 
 app = typer.Typer(
@@ -124,7 +126,7 @@ def publish(
     ] = True,
 ) -> None:
     """Add packages to the lab's apt repository and re-index it; the hosts' apt sees them."""
-    for info_ in _lab(ctx).publish(debs, refresh=refresh):
+    for info_ in offer_.publish(_lab(ctx), debs, refresh=refresh):
         console.print(f"published {info_.package} {info_.version} ({info_.arch})")
 
 
@@ -140,7 +142,7 @@ def demo_cmd(
     ] = None,
 ) -> None:
     """Stage the demo service: which version hosts run, and which one they are offered."""
-    offered, newest = _lab(ctx).demo_offer(offer=offer, install=install)
+    offered, newest = offer_.demo_offer(_lab(ctx), offer=offer, install=install)
     info(f"demoweb versions offered: {', '.join(offered)} (candidate {newest})")
     if install:
         info(f"demoweb {install} installed and active on every running host")
@@ -162,14 +164,14 @@ def demo_deb(
 @fault.command("stop")
 def fault_stop(ctx: typer.Context, host: str) -> None:
     """Shut a host down cleanly (it stays down until `fault restore` or `lab up`)."""
-    _lab(ctx).stop_host(host)
+    faults.stop_host(_lab(ctx), host)
     info(f"{host}: stopped")
 
 
 @fault.command("cut")
 def fault_cut(ctx: typer.Context, host: str) -> None:
     """Cut a host's network: it keeps running but nothing reaches it."""
-    _lab(ctx).cut_host(host)
+    faults.cut_host(_lab(ctx), host)
     info(f"{host}: network cut")
 
 
@@ -182,14 +184,14 @@ def fault_dpkg_lock(
     ] = 600,
 ) -> None:
     """Hold the dpkg/apt lock on a host, as a stuck package run would."""
-    _lab(ctx).hold_dpkg_lock(host, seconds)
+    faults.hold_dpkg_lock(_lab(ctx), host, seconds)
     info(f"{host}: dpkg lock held for up to {seconds}s")
 
 
 @fault.command("restore")
 def fault_restore(ctx: typer.Context, host: str) -> None:
     """Undo every fault on a host: reconnect, boot if stopped, release the dpkg lock."""
-    _lab(ctx).restore_host(host)
+    faults.restore_host(_lab(ctx), host)
     info(f"{host}: restored")
 
 

@@ -8,30 +8,49 @@ the lab directory.
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import ipaddress
 import json
 import logging
 import os
-import re
 import shutil
-import signal
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterable
+from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
-
-import yaml
+from typing import TYPE_CHECKING
 
 from patchpilot.errors import BadInputError, LabError
 from patchpilot.lab import image, network, repo
-from patchpilot.lab.supervisor import CGROUP_PARENT, MARKER, cgroup_hierarchies
+from patchpilot.lab.hosts import (
+    CLI_SSH_OPTIONS,
+    DEFAULT_GROUPS,
+    DEFAULT_RELEASE,
+    INVENTORY_HEADER,
+    LOCK_UNIT,
+    RESERVED_GROUPS,
+    SSH_OPTIONS,
+    HostSpec,
+    HostStatus,
+    LabHost,
+    Progress,
+    UpResult,
+    _written_by_lab,
+    parse_fleet,
+    write_inventory,
+)
+from patchpilot.lab.procs import (
+    _host_release,
+    _mounts,
+    _parallel,
+    _processes,
+    _remove_cgroups,
+    _ssh_keygen,
+    _terminate,
+)
+from patchpilot.lab.supervisor import MARKER
 from patchpilot.lab.system import ensure_kernel_limits, require_lab_prerequisites, run
 
 if TYPE_CHECKING:
@@ -39,116 +58,22 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-DEFAULT_GROUPS = "web=6,db=2"
-DEFAULT_RELEASE = "bookworm"
-_GROUP_RE = re.compile(r"[a-z][a-z0-9_]{0,11}")
-# ServerAlive makes a connection to a host that was cut off fail in about 15 s instead of
-# hanging (Ansible's ControlPersist masters would otherwise wait forever).
-SSH_OPTIONS = [
-    "-o",
-    "StrictHostKeyChecking=no",
-    "-o",
-    "UserKnownHostsFile=/dev/null",
-    "-o",
-    "LogLevel=ERROR",
-    "-o",
-    "ServerAliveInterval=5",
-    "-o",
-    "ServerAliveCountMax=3",
+__all__ = [
+    "CLI_SSH_OPTIONS",
+    "DEFAULT_GROUPS",
+    "DEFAULT_RELEASE",
+    "INVENTORY_HEADER",
+    "LOCK_UNIT",
+    "RESERVED_GROUPS",
+    "SSH_OPTIONS",
+    "HostSpec",
+    "HostStatus",
+    "Lab",
+    "LabHost",
+    "UpResult",
+    "parse_fleet",
+    "write_inventory",
 ]
-CLI_SSH_OPTIONS = [*SSH_OPTIONS, "-o", "BatchMode=yes", "-o", "ConnectTimeout=5"]
-RESERVED_GROUPS = {"all", "ungrouped"}
-LOCK_UNIT = "patchpilot-dpkg-lock"
-
-Progress = Callable[[str], None]
-T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class HostSpec:
-    name: str
-    group: str
-    release: str
-    index: int
-
-
-@dataclass
-class LabHost:
-    name: str
-    group: str
-    release: str
-    index: int
-    address: str
-
-    @property
-    def spec(self) -> HostSpec:
-        return HostSpec(self.name, self.group, self.release, self.index)
-
-
-@dataclass
-class HostStatus:
-    name: str
-    group: str
-    address: str
-    state: str  # running / stopped / cut
-    ssh_ok: bool
-
-
-@dataclass
-class UpResult:
-    hosts: list[LabHost]
-    inventory: Path
-    timings: dict[str, float] = field(default_factory=dict)
-    published: list[str] = field(default_factory=list)
-
-
-def parse_fleet(
-    hosts: int | None, groups: str | None, release: str = DEFAULT_RELEASE
-) -> list[HostSpec]:
-    """`--hosts N` alone gives lab01..labNN; `--groups web=4,db=2[:release]` names by group."""
-    image.validate_release(release)
-    if groups is None and hosts is not None:
-        groups = f"lab={hosts}"
-    elif groups is None:
-        groups = DEFAULT_GROUPS
-    specs: list[HostSpec] = []
-    seen: set[str] = set()
-    names: set[str] = set()
-    for part in (p.strip() for p in groups.split(",")):
-        m = re.fullmatch(r"([^=]+)=(\d+)(?::(.+))?", part)
-        if not m:
-            raise BadInputError(
-                f"invalid group spec {part!r}", hint="use NAME=COUNT[:RELEASE], e.g. web=4,db=2"
-            )
-        name, count, grp_release = m.group(1), int(m.group(2)), m.group(3) or release
-        if not _GROUP_RE.fullmatch(name) or name in RESERVED_GROUPS:
-            raise BadInputError(
-                f"invalid group name {name!r}",
-                hint="lower-case letters, digits and _, from a letter on; 12 at most",
-            )
-        if name in seen:
-            raise BadInputError(f"group {name!r} given twice", hint="list each group once")
-        if count < 1:
-            raise BadInputError(f"group {name!r} needs at least 1 host", hint="e.g. web=4")
-        image.validate_release(grp_release)
-        seen.add(name)
-        for i in range(1, count + 1):
-            host = f"{name}{i:02d}"
-            if host in names:
-                raise BadInputError(
-                    f"two hosts would be named {host!r}",
-                    hint="rename a group so its names cannot run into another's",
-                )
-            names.add(host)
-            specs.append(HostSpec(host, name, grp_release, len(specs) + 1))
-    if hosts is not None and hosts != len(specs):
-        raise BadInputError(
-            f"--hosts {hosts} disagrees with --groups ({len(specs)} hosts)",
-            hint="give one of them, or make the group counts add up",
-        )
-    if not specs:
-        raise BadInputError("the lab needs at least one host", hint="e.g. --hosts 4")
-    return specs
 
 
 class Lab:
@@ -475,73 +400,6 @@ class Lab:
         if errors:
             raise LabError(f"apt-get update failed on {errors[0]}")
 
-    # ---- publish ------------------------------------------------------------------------
-    def publish(self, debs: list[Path], *, refresh: bool = True) -> list[repo.DebInfo]:
-        require_lab_prerequisites()
-        if not self.state_file.exists():
-            raise LabError("the lab is not up", hint="run `patchpilot lab up` first")
-        infos = repo.add_packages(self.repo_dir, debs)
-        self._ensure_repo_server()
-        if refresh:
-            self.refresh_apt(self.hosts())
-        return infos
-
-    def demo_offer(self, *, offer: str | None, install: str | None) -> tuple[list[str], str | None]:
-        """Stage the demo service: the repo offers demoweb versions up to `offer` (newer ones
-        wait in attic/, so `offer` is every host's candidate while older versions stay
-        downloadable for rollbacks), and `install` is installed on every running host."""
-        from patchpilot.lab import demo
-        from patchpilot.patches import compare_versions, validate_version
-
-        require_lab_prerequisites()
-        if not self.state_file.exists():
-            raise LabError("the lab is not up", hint="run `patchpilot lab up` first")
-        attic = self.repo_dir / "attic"
-        attic.mkdir(parents=True, exist_ok=True)
-        debs = {}
-        for d in list(repo.pool(self.repo_dir).glob(f"{demo.DEMO_PACKAGE}_*.deb")) + list(
-            attic.glob(f"{demo.DEMO_PACKAGE}_*.deb")
-        ):
-            debs[repo.read_deb(d).version] = d
-        for version in (offer, install):
-            if version is not None:
-                validate_version(version, where="demo version")
-                if version not in debs:
-                    raise LabError(
-                        f"demoweb {version} is not in the lab repo",
-                        hint=f"known: {', '.join(sorted(debs))}; build one with "
-                        "`lab demo-deb VERSION[:BEHAVIOUR]` and `lab publish` it",
-                    )
-        offered = []
-        for version, path in debs.items():
-            keep = offer is None or compare_versions(version, offer) <= 0
-            target = (repo.pool(self.repo_dir) if keep else attic) / path.name
-            if path != target:
-                os.replace(path, target)
-            if keep:
-                offered.append(version)
-        repo.index(self.repo_dir)
-        hosts = self.hosts()
-        self.refresh_apt(hosts)
-        if install is not None:
-            cmd = (
-                "DEBIAN_FRONTEND=noninteractive apt-get install -y -q --allow-downgrades "
-                f"{demo.DEMO_PACKAGE}={install} >/dev/null && systemctl is-active -q "
-                f"{demo.DEMO_PACKAGE}"
-            )
-            targets = [h for h in hosts if self.is_running(h) and network.link_is_up(h.index)]
-
-            def one(h: LabHost) -> str | None:
-                proc = self.ssh(h, cmd, check=False, timeout=300)
-                return None if proc.returncode == 0 else f"{h.name}: {proc.stderr.strip()[-200:]}"
-
-            errors = [e for e in _parallel(one, targets) if e]
-            if errors:
-                raise LabError(f"installing demoweb {install} failed on {errors[0]}")
-        newest = max(offered, key=functools.cmp_to_key(compare_versions)) if offered else None
-        return sorted(offered, key=functools.cmp_to_key(compare_versions)), newest
-
-    # ---- status and faults --------------------------------------------------------------
     def status(self) -> list[HostStatus]:
         hosts = self.hosts()
         running = self._supervisor_pids()
@@ -554,64 +412,6 @@ class Lab:
             return HostStatus(h.name, h.group, h.address, state, ok)
 
         return list(_parallel(one, hosts))
-
-    def stop_host(self, name: str, *, wait: float = 30) -> None:
-        h = self.host(name)
-        pid = self._supervisor_pids().get(h.name)
-        if pid is None:
-            return
-        _terminate([pid], wait=wait)
-
-    def start_host(self, name: str) -> None:
-        require_lab_prerequisites()
-        h = self.host(name)
-        base = image.ensure_base_image(self.cache, h.release)
-        self._prepare_host(h, base)
-        ensure_kernel_limits()
-        if not self.is_running(h):
-            self._start_supervisor(h)
-        if network.link_is_up(h.index):
-            self.wait_for_ssh([h])
-
-    def cut_host(self, name: str) -> None:
-        network.set_link(self.host(name).index, up=False)
-
-    def restore_host(self, name: str) -> None:
-        """Undo every fault: reconnect the cable, boot the host if stopped, free the dpkg lock."""
-        h = self.host(name)
-        network.set_link(h.index, up=True)
-        if not self.is_running(h):
-            self.start_host(name)
-        self.wait_for_ssh([h])
-        self.release_dpkg_lock(name)
-
-    def hold_dpkg_lock(self, name: str, seconds: int = 600) -> None:
-        """Hold dpkg's locks from inside the host, as a stuck apt run would, for `seconds`."""
-        h = self.host(name)
-        script = (
-            "import fcntl,time\n"
-            "fs=[open(p,'a') for p in ('/var/lib/dpkg/lock-frontend','/var/lib/dpkg/lock')]\n"
-            "[fcntl.lockf(f,fcntl.LOCK_EX) for f in fs]\n"
-            "time.sleep(10**9)\n"
-        )
-        self.ssh(
-            h,
-            f"systemctl stop {LOCK_UNIT} 2>/dev/null; systemd-run --quiet --unit={LOCK_UNIT} "
-            f'--property=RuntimeMaxSec={int(seconds)} /usr/bin/python3 -c "{script}"',
-        )
-        # Wait until the lock is really held, so callers can rely on it at once.
-        probe = (
-            "python3 -c \"import fcntl;f=open('/var/lib/dpkg/lock-frontend','a');"
-            'fcntl.lockf(f,fcntl.LOCK_EX|fcntl.LOCK_NB)"'
-        )
-        deadline = time.monotonic() + 10
-        while self.ssh(h, probe, check=False).returncode == 0:
-            if time.monotonic() > deadline:
-                raise LabError(f"could not take the dpkg lock on {name}")
-            time.sleep(0.2)
-
-    def release_dpkg_lock(self, name: str) -> None:
-        self.ssh(self.host(name), f"systemctl stop {LOCK_UNIT} 2>/dev/null || true")
 
     # ---- down ---------------------------------------------------------------------------
     def _remove_host(self, h: LabHost) -> None:
@@ -689,124 +489,3 @@ class Lab:
             "namespaces": network.leftover_netns(),
             "links": network.leftover_links(),
         }
-
-
-# ---- helpers ----------------------------------------------------------------------------
-INVENTORY_HEADER = "# Written by `patchpilot lab up`; removed by `patchpilot lab down`.\n"
-
-
-def write_inventory(path: Path, hosts: list[LabHost], key: Path) -> None:
-    groups: dict[str, dict[str, dict[str, object]]] = {}
-    for h in hosts:
-        groups.setdefault(h.group, {})[h.name] = {
-            "ansible_host": h.address,
-            "lab_release": h.release,
-        }
-    data = {
-        "all": {
-            "vars": {
-                "ansible_user": "root",
-                "ansible_ssh_private_key_file": str(key),
-                "ansible_ssh_common_args": " ".join(SSH_OPTIONS),
-                "ansible_python_interpreter": "/usr/bin/python3",
-            },
-            "children": {g: {"hosts": hs} for g, hs in groups.items()},
-        }
-    }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(INVENTORY_HEADER + yaml.safe_dump(data, sort_keys=False))
-    os.replace(tmp, path)
-
-
-def _written_by_lab(path: Path) -> bool:
-    try:
-        return path.read_text().startswith(INVENTORY_HEADER)
-    except OSError:
-        return False
-
-
-def _ssh_keygen(path: Path, comment: str) -> None:
-    run(
-        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)],
-        what=f"generating the SSH key {path.name} ({comment})",
-    )
-
-
-def _remove_cgroups() -> None:
-    """Remove the hosts' cgroups (empty once their processes are gone), deepest first."""
-    for mount in cgroup_hierarchies():
-        top = mount / CGROUP_PARENT
-        if not top.is_dir():
-            continue
-        dirs = sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: len(p.parts))
-        for d in [*reversed(dirs), top]:
-            with contextlib.suppress(OSError):
-                d.rmdir()
-
-
-def _host_release() -> str:
-    try:
-        for line in Path("/etc/os-release").read_text().splitlines():
-            if line.startswith("VERSION_CODENAME="):
-                return line.split("=", 1)[1].strip('"')
-    except OSError:
-        pass
-    return ""
-
-
-def _processes() -> list[tuple[int, list[str]]]:
-    out = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            raw = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if raw:
-            out.append((int(entry.name), raw.rstrip(b"\0").decode(errors="replace").split("\0")))
-    return out
-
-
-def _mounts() -> list[str]:
-    points = []
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        # Field 5 is the mount point, with spaces etc. octal-escaped.
-        points.append(line.split()[4].encode().decode("unicode_escape"))
-    return points
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie is dead for our purposes
-        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
-    except (OSError, IndexError):
-        return False
-
-
-def _terminate(pids: list[int], wait: float = 30) -> None:
-    """SIGTERM, wait for a clean exit, then SIGKILL what is left."""
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + wait
-    while time.monotonic() < deadline and any(_alive(p) for p in pids):
-        time.sleep(0.1)
-    for pid in pids:
-        if _alive(pid):
-            log.warning("process %s did not stop in %.0fs; killing it", pid, wait)
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-
-
-def _parallel(fn: Callable[[LabHost], T], hosts: list[LabHost]) -> list[T]:
-    if not hosts:
-        return []
-    with ThreadPoolExecutor(max_workers=min(32, len(hosts))) as pool:
-        return list(pool.map(fn, hosts))
