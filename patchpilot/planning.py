@@ -17,6 +17,7 @@ from patchpilot.plan.expand import ExpandedPlan, PlanHost, PlanUpdate, expand_pl
 from patchpilot.plan.frozen import freeze, inventory_snapshot
 from patchpilot.plan.load import load_plan
 from patchpilot.plan.spec import PlanSpec
+from patchpilot.planfile import is_frozen
 from patchpilot.risk.types import RiskScore
 from patchpilot.store.db import session_scope
 from patchpilot.store.models import Host, PendingUpdate
@@ -54,8 +55,9 @@ def build_plan(
     *,
     thresholds: Thresholds,
     now: datetime | None = None,
+    raw: bytes | None = None,
 ) -> BuiltPlan:
-    spec = load_plan(plan_path)
+    spec = load_plan(plan_path, raw=raw)
     now = now or datetime.now(UTC)
     names = executor.match_hosts(inventory, spec.targets.pattern)
     if not names:
@@ -140,7 +142,6 @@ def is_frozen_file(path: str | Path) -> bool:
     practice, and load_frozen's errors are the clearer ones for a JSON file)."""
     try:
         with Path(path).open("rb") as fh:
-            head = fh.read(256).lstrip()
+            return is_frozen(fh.read(256))
     except OSError:
         return False
-    return head.startswith(b"{")

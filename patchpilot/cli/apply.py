@@ -164,17 +164,29 @@ def apply(
     ] = None,
 ) -> None:
     """Patch the fleet wave by wave; roll back what breaks; pause when the evidence is unclear."""
+    from patchpilot.planfile import is_frozen, read_plan_file
+
+    # The plan is read once: the warm start and the validation see the same bytes.
+    raw = read_plan_file(plan_file) if plan_file is not None and resume is None else None
     warm, run_id = None, None
-    if resume is None and plan_file is not None and inventory is not None and (yes or check):
+    if raw is not None and inventory is not None and (yes or check) and is_frozen(raw):
         # Ansible starts while the rest loads; nothing reaches a host until the engine says so.
         from patchpilot.ops.warmstart import warm_start
         from patchpilot.run.ids import new_run_id
 
         run_id = new_run_id(datetime.now(UTC))
-        warm = warm_start(plan_file, inventory, run_id=run_id, check=check)
+        warm = warm_start(raw, inventory, run_id=run_id, check=check)
     try:
         _apply(
-            ctx, plan_file, inventory, check=check, yes=yes, resume=resume, run_id=run_id, warm=warm
+            ctx,
+            plan_file,
+            inventory,
+            check=check,
+            yes=yes,
+            resume=resume,
+            run_id=run_id,
+            warm=warm,
+            raw=raw,
         )
     finally:
         if warm is not None:
@@ -191,10 +203,12 @@ def _apply(
     resume: str | None,
     run_id: str | None,
     warm: PatchRun | None,
+    raw: bytes | None,
 ) -> None:
     from patchpilot.ops.fleetops import AnsibleOps
     from patchpilot.plan.frozen import load_frozen
-    from patchpilot.planning import build_plan, is_frozen_file
+    from patchpilot.planfile import is_frozen
+    from patchpilot.planning import build_plan
     from patchpilot.run.lifecycle import resume_run, start_run
 
     opts = _options(ctx, check=check, yes=yes)
@@ -213,12 +227,13 @@ def _apply(
             "apply needs a plan and an inventory",
             hint="patchpilot apply PLAN.yml -i INVENTORY (or --resume RUN_ID)",
         )
-    if is_frozen_file(plan_file):
-        frozen = load_frozen(plan_file)
+    assert raw is not None
+    if is_frozen(raw):
+        frozen = load_frozen(plan_file, raw_bytes=raw)
         spec, data = frozen.spec, frozen.data
         info(f"frozen plan {spec.name} (sha256 {frozen.sha256[:16]}...), made {frozen.created_at}")
     else:
-        built = build_plan(engine, plan_file, inventory, thresholds=risk_thresholds(ctx))
+        built = build_plan(engine, plan_file, inventory, thresholds=risk_thresholds(ctx), raw=raw)
         spec, data = built.spec, built.frozen
     n_hosts = len(data["expansion"]["hosts"])
     n_updates = sum(len(h["updates"]) for h in data["expansion"]["hosts"])

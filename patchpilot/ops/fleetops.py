@@ -12,12 +12,14 @@ import tempfile
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from patchpilot.durations import parse_duration
-from patchpilot.health.checks import CheckSpec, collect
-from patchpilot.health.types import Measurement
 from patchpilot.ops import executor
+
+if TYPE_CHECKING:  # the warm start imports this module before pydantic loads
+    from patchpilot.health.checks import CheckSpec
+    from patchpilot.health.types import Measurement
 
 log = logging.getLogger(__name__)
 
@@ -235,6 +237,8 @@ class AnsibleOps:
     def measure(
         self, specs: Sequence[CheckSpec], hosts: Sequence[str], *, since: float | None
     ) -> dict[str, list[Measurement]]:
+        from patchpilot.health.checks import collect
+
         if not specs or not hosts:
             return {h: [] for h in hosts}
         return collect(specs, hosts, inventory=self.inventory, since=since, forks=self.forks)

@@ -22,15 +22,13 @@ from patchpilot.ops.fleetops import AnsibleOps, PatchRun, plan_request
 log = logging.getLogger(__name__)
 
 
-def warm_start(
-    path: str | Path, inventory: str | Path, *, run_id: str, check: bool
-) -> PatchRun | None:
-    """The patch process for a new run of the frozen plan at `path`, started now; None when
-    the file is not one (the full validation that follows says why)."""
+def warm_start(raw: bytes, inventory: str | Path, *, run_id: str, check: bool) -> PatchRun | None:
+    """The patch process for a new run of the frozen plan read as `raw`, started now; None
+    when it is not one (the full validation that follows, of the same bytes, says why)."""
     try:
-        data = json.loads(Path(path).read_text())
+        data = json.loads(raw)
         request = plan_request(data, run_id=run_id, check=check)
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    except (ValueError, KeyError, TypeError, AttributeError):
         return None
     if not request.batches:
         return None

@@ -127,13 +127,15 @@ def write_frozen(path: str | Path, data: Mapping[str, Any]) -> None:
         raise
 
 
-def load_frozen(path: str | Path) -> FrozenPlan:
-    """Read a frozen plan, verifying its format and hash and re-validating its plan and
-    every package name and version in it."""
+def load_frozen(path: str | Path, *, raw_bytes: bytes | None = None) -> FrozenPlan:
+    """Read (or take, as `raw_bytes`, what was read from `path`) a frozen plan, verifying
+    its format and hash and re-validating its plan and every package name and version."""
     path = Path(path)
     hint = "freeze the plan again from its plan file"
     try:
-        raw = path.read_text(encoding="utf-8")
+        if raw_bytes is None:
+            raw_bytes = path.read_bytes()
+        raw = raw_bytes.decode("utf-8")
     except OSError as exc:
         raise BadInputError(f"cannot read frozen plan {path}: {exc.strerror or exc}") from None
     except UnicodeDecodeError:

@@ -21,6 +21,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from patchpilot.errors import BadInputError
 from patchpilot.plan.spec import KNOWN_CHECKS, PlanSpec
+from patchpilot.planfile import read_plan_file
 
 MAX_PLAN_BYTES = 1_000_000
 # Counted with aliases expanded, so a "billion laughs" plan is refused before it is built.
@@ -48,16 +49,14 @@ def format_loc(loc: Loc) -> str:
     return out
 
 
-def load_plan(path: str | Path, *, checks: Collection[str] = KNOWN_CHECKS) -> PlanSpec:
-    """Read and validate a plan file; every problem is a BadInputError naming file:line."""
+def load_plan(
+    path: str | Path, *, checks: Collection[str] = KNOWN_CHECKS, raw: bytes | None = None
+) -> PlanSpec:
+    """Read (or take, as `raw`, the bytes already read from `path`) and validate a plan
+    file; every problem is a BadInputError naming file:line."""
     path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise BadInputError(
-            f"cannot read plan {path}: {exc.strerror or exc}",
-            hint="give the path of a plan file, e.g. plans/canary.yml",
-        ) from None
+    if raw is None:
+        raw = read_plan_file(path)
     if len(raw) > MAX_PLAN_BYTES:
         raise BadInputError(f"{path}: plan is larger than {MAX_PLAN_BYTES} bytes")
     try:
