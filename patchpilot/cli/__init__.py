@@ -15,6 +15,7 @@ from patchpilot.cli import apply as apply_cmd
 from patchpilot.cli import config as config_cmd
 from patchpilot.cli import inventory as inventory_cmd
 from patchpilot.cli import lab as lab_cmd
+from patchpilot.cli import locks as locks_cmd
 from patchpilot.cli import patches as patches_cmd
 from patchpilot.cli import risk as risk_cmd
 from patchpilot.cli import runs as runs_cmd
@@ -41,6 +42,7 @@ app.command("approve")(apply_cmd.approve)
 app.command("abort")(apply_cmd.abort)
 app.command("rollback")(apply_cmd.rollback)
 app.add_typer(runs_cmd.app, name="runs")
+app.add_typer(locks_cmd.app, name="locks")
 app.command("compliance")(patches_cmd.compliance)
 app.add_typer(lab_cmd.app, name="lab")
 app.add_typer(config_cmd.app, name="config")

@@ -27,14 +27,14 @@ from patchpilot.plan.window import in_window, next_window
 from patchpilot.run import decide
 from patchpilot.run.ids import new_run_id
 from patchpilot.run.journal import (
+    Heartbeat,
     Journal,
     RunLocked,
     acquire_locks,
     create_run,
     load_run,
-    pid_alive,
     release_locks,
-    running_here,
+    run_live,
     who,
 )
 from patchpilot.run.states import FINISHED, HostEvent, HostState, RunEvent, RunState
@@ -245,10 +245,11 @@ def resume_run(
             hint=f"continue it with `patchpilot approve {run_id}` or stop it with "
             f"`patchpilot abort {run_id}`",
         )
-    if running_here(run):
+    if run_live(engine, run):
         raise RunLocked(
-            f"run {run_id} is still running (pid {run.pid})",
-            hint="wait for it, or stop that process first",
+            f"run {run_id} is still running (pid {run.pid} on {run.controller})",
+            hint="wait for it, or stop that process first; a run on another controller is "
+            "live until its lease expires",
         )
     # A run keeps the mode it was started in: a crashed dry run resumes as a dry run.
     ctx = _open(engine, run_id, ops, replace(opts, check=run.check_mode))
@@ -283,10 +284,9 @@ def abort_run(engine: Engine, run_id: str, *, reason: str | None = None) -> RunS
     run = load_run(engine, run_id)
     if run.status in FINISHED - {RunState.REFUSED}:
         raise BadInputError(f"run {run_id} is already {run.status}")
-    _, controller = who()
-    if run.status == RunState.RUNNING and run.controller == controller and pid_alive(run.pid or 0):
+    if run_live(engine, run):
         raise RunLocked(
-            f"run {run_id} is running (pid {run.pid})",
+            f"run {run_id} is running (pid {run.pid} on {run.controller})",
             hint="stop that process first (Ctrl-C), then abort",
         )
     ctx = _open(engine, run_id, _NoOps(), ApplyOptions())
@@ -342,7 +342,8 @@ def _drive(ctx: RunCtx) -> RunSummary:
     # Ansible starts (a second or so) while the first batch's guards and baseline run.
     open_patch(ctx)
     try:
-        return _drive_stages(ctx)
+        with Heartbeat(ctx.journal.engine, ctx.run_id):
+            return _drive_stages(ctx)
     finally:
         close_patch(ctx)
 
@@ -412,8 +413,11 @@ def rollback_run(
         raise BadInputError(
             f"run {run_id} was a --check run: it changed nothing, so there is nothing to roll back"
         )
-    if run.status == RunState.RUNNING and pid_alive(run.pid or 0):
-        raise RunLocked(f"run {run_id} is running (pid {run.pid})", hint="wait for it to end")
+    if run_live(engine, run):
+        raise RunLocked(
+            f"run {run_id} is running (pid {run.pid} on {run.controller})",
+            hint="wait for it to end",
+        )
     ctx = _open(engine, run_id, ops, opts)
     known = set(ctx.journal.hosts)
     if hosts:
@@ -435,13 +439,14 @@ def rollback_run(
     acquire_locks(engine, run_id, names, progress=ctx.say)
     try:
         ctx.journal.audit("manual rollback", hosts=names, reason=reason)
-        rollback_hosts(
-            ctx,
-            scope,
-            reason=f"manual rollback: {reason}" if reason else "manual rollback",
-            stage=None,
-            batch=None,
-        )
+        with Heartbeat(engine, run_id):
+            rollback_hosts(
+                ctx,
+                scope,
+                reason=f"manual rollback: {reason}" if reason else "manual rollback",
+                stage=None,
+                batch=None,
+            )
     finally:
         release_locks(engine, run_id, keep_paused=run.status == RunState.PAUSED)
     states = ctx.journal.states()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,7 +20,7 @@ log = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).parent / "migrations"
 # The newest migration's revision (a unit test keeps it equal to alembic's head). A store
 # already there opens without loading alembic, which costs a third of a second per command.
-HEAD = "0003"
+HEAD = "0004"
 
 
 def make_engine(url: str) -> Engine:
@@ -33,14 +34,7 @@ def make_engine(url: str) -> Engine:
         ) from exc
     is_sqlite = parsed.get_backend_name() == "sqlite"
     if is_sqlite and parsed.database and parsed.database != ":memory:":
-        path = Path(parsed.database)
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise BadInputError(
-                f"cannot create the folder of the store {path}: {exc.strerror}",
-                hint="choose another location with --db or PATCHPILOT_DB",
-            ) from exc
+        _create_owner_only(Path(parsed.database))
     connect_args: dict[str, Any] = {"timeout": 30} if is_sqlite else {}
     engine = create_engine(url, connect_args=connect_args)
     if is_sqlite:
@@ -48,11 +42,31 @@ def make_engine(url: str) -> Engine:
     return engine
 
 
+def _create_owner_only(path: Path) -> None:
+    """The store holds the fleet's packages and its unpatched security updates: a new one,
+    and a folder made for it, are readable by their owner only (SQLite gives its -wal and
+    -shm files the database file's mode)."""
+    try:
+        if not path.parent.exists():
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if not path.exists():
+            os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass  # made by another process at the same moment
+    except OSError as exc:
+        raise BadInputError(
+            f"cannot create the store {path}: {exc.strerror}",
+            hint="choose another location with --db or PATCHPILOT_DB",
+        ) from exc
+
+
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA foreign_keys=ON")
-    cur.execute("PRAGMA synchronous=NORMAL")
+    # Every commit reaches the disk before the run goes on: a run resumed after a power loss
+    # finds every step it journalled.
+    cur.execute("PRAGMA synchronous=FULL")
     cur.execute("PRAGMA cache_size=-65536")  # 64 MiB: index pages stay cached during ingest
     cur.close()
 
@@ -105,8 +119,28 @@ def _known_revisions(cfg: Any) -> set[str]:
     return {rev.revision for rev in ScriptDirectory.from_config(cfg).walk_revisions()}
 
 
+def check_integrity(engine: Engine) -> None:
+    """SQLite's quick_check: a damaged store is refused before anything is written to it."""
+    if engine.url.get_backend_name() != "sqlite":
+        return
+    try:
+        with engine.connect() as conn:
+            rows = [str(r[0]) for r in conn.exec_driver_sql("PRAGMA quick_check").fetchall()]
+    except (OperationalError, DatabaseError) as exc:
+        text = str(exc.orig or exc)
+        if "not a database" in text or isinstance(exc, OperationalError):
+            return  # not a store at all, or not readable: upgrade_schema says so
+        rows = [text]
+    if rows != ["ok"]:
+        raise PatchpilotError(
+            f"the store {engine.url.database} is damaged: {'; '.join(rows[:3])}",
+            hint="restore it from a backup, or recover it with `sqlite3 FILE .recover`",
+        )
+
+
 def open_store(url: str) -> Engine:
     engine = make_engine(url)
+    check_integrity(engine)
     upgrade_schema(engine)
     return engine
 

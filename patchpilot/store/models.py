@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, UniqueConstraint
+from sqlalchemy import JSON, Column, Index, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from patchpilot.run.states import HostState, RunState, StepState
@@ -105,7 +105,12 @@ class GatherRun(SQLModel, table=True):
 
 class PatchOutcome(SQLModel, table=True):
     """What one patch did on one host: the fleet's own evidence for the risk model. The
-    changelog facts are copied in, so retraining does not depend on today's pending list."""
+    changelog facts are copied in, so retraining does not depend on today's pending list.
+    One row per run, host and package: a resumed run never counts an outcome twice."""
+
+    __table_args__ = (
+        Index("uq_patchoutcome_run_host_package", "run_id", "host", "package", "arch", unique=True),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     run_id: str | None = Field(default=None, index=True)
@@ -239,10 +244,21 @@ class AuditEvent(SQLModel, table=True):
 
 
 class HostLock(SQLModel, table=True):
-    """A host taken by a run. A lock whose process is gone is stale and can be reclaimed."""
+    """A host taken by a run, with a lease its process renews while it runs. A lock is stale
+    once its lease expired, or, on the controller that took it, once its process is gone;
+    a paused run's lock (pid 0) holds until approve or abort."""
 
     host: str = Field(primary_key=True)
     run_id: str
     pid: int
     controller: str
     acquired_at: datetime = Field(default_factory=utcnow)
+    heartbeat_at: datetime | None = None
+    expires_at: datetime | None = None
+
+
+class StoreSecret(SQLModel, table=True):
+    """Secrets of this store, made on first use (the key that signs frozen plans)."""
+
+    name: str = Field(primary_key=True)
+    value: str
