@@ -331,7 +331,7 @@ def gather(
         executor.run_playbook(
             "gather.yml",
             inventory,
-            limit=limit,
+            hosts=names,
             forks=forks,
             extravars={"patchpilot_refresh_cache": refresh},
             on_event=on_event,

@@ -13,7 +13,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from patchpilot.errors import BadInputError
@@ -29,6 +29,11 @@ def default_config_paths() -> list[Path]:
     ]
 
 
+def default_state_dir() -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "patchpilot"
+
+
 def default_db_url() -> str:
     data_home = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
     return f"sqlite:///{data_home / 'patchpilot' / 'patchpilot.db'}"
@@ -41,6 +46,8 @@ class Settings(BaseSettings):
 
     db: str = ""
     """Store location: an SQLAlchemy URL, or a plain path to an SQLite file."""
+    state_dir: Path = Field(default_factory=lambda: default_state_dir())
+    """patchpilot's own working files (Ansible's working folders), owner-only."""
     lab_dir: Path = Path("/var/lib/patchpilot/lab")
     """Where the lab keeps its hosts, keys, package repository and state."""
     lab_cache: Path = Path("/var/cache/patchpilot/lab")

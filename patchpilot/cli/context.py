@@ -29,6 +29,9 @@ class AppState:
             from patchpilot.settings import load_settings
 
             self._settings = load_settings(config=self.config, db=self.db)
+            from patchpilot.ops.workdir import use_state_dir
+
+            use_state_dir(self._settings.state_dir)  # where Ansible's working folders go
         return self._settings
 
     def engine(self) -> Engine:

@@ -385,7 +385,7 @@ def collect(
     outcome = executor.run_playbook(
         "health.yml",
         inventory,
-        limit=",".join(hosts),
+        hosts=list(hosts),
         forks=forks,
         extravars={"patchpilot_checks": args, "patchpilot_since": since},
         on_event=on_event,

@@ -7,18 +7,21 @@ import json
 import logging
 import os
 import queue
+import shlex
 import shutil
+import subprocess
 import sys
-import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import ansible_runner
+import yaml
 
 from patchpilot.errors import BadInputError, PatchpilotError
+from patchpilot.ops.workdir import work_dir
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +72,68 @@ class InventoryHost:
     groups: tuple[str, ...]
 
 
+class _Unsafe(str):
+    """A string Ansible must never render: written as YAML `!unsafe`."""
+
+
+def _unsafe_tree(value: Any) -> Any:
+    if isinstance(value, str):
+        return _Unsafe(value)
+    if isinstance(value, dict):
+        return {k: _unsafe_tree(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_unsafe_tree(v) for v in value]
+    return value
+
+
+class _VarsDumper(yaml.SafeDumper):
+    pass
+
+
+_VarsDumper.add_representer(
+    _Unsafe, lambda dumper, data: dumper.represent_scalar("!unsafe", str(data))
+)
+
+
+def _private_file(path: Path, text: str) -> Path:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.write(text)
+    return path
+
+
+def _cmdline(
+    work: Path, extravars: dict[str, Any], hosts: Sequence[str] | None, check: bool
+) -> str:
+    """Extra vars and the host list go in owner-only files (`-e @FILE`, `--limit @FILE`),
+    never on the command line: no size limit (a 10,000-host run), nothing in
+    /proc/PID/cmdline, and every string tagged `!unsafe`, so no value (a version or a path
+    a host once answered) is ever rendered as a template."""
+    vars_file = _private_file(
+        work / "extravars.yml",
+        yaml.dump(_unsafe_tree(extravars), Dumper=_VarsDumper, sort_keys=True),
+    )
+    parts = ["-e", f"@{vars_file}"]
+    if hosts is not None:
+        limit = _private_file(work / "limit.txt", "".join(f"{h}\n" for h in hosts))
+        parts += ["--limit", f"@{limit}"]
+    if check:
+        parts.append("--check")
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+def _forget_command(work: Path) -> Callable[[dict[str, Any], Any], None]:
+    """ansible-runner writes the command and the whole environment to artifacts/*/command
+    before it starts Ansible; it is removed as soon as Ansible runs."""
+
+    def on_status(data: dict[str, Any], _config: Any = None) -> None:
+        if data.get("status") in ("running", "successful", "failed", "error", "timeout"):
+            for f in (work / "artifacts").glob("*/command"):
+                f.unlink(missing_ok=True)
+
+    return on_status
+
+
 def _env() -> dict[str, str]:
     # The Ansible commands must be those installed beside this Python, activated venv or not;
     # ansible-runner looks them up on this process's own PATH.
@@ -102,15 +167,9 @@ def check_inventory_path(inventory: str | Path) -> Path:
 def list_inventory(inventory: str | Path) -> list[InventoryHost]:
     """Every host with its groups and address, read by Ansible itself (any inventory form)."""
     path = check_inventory_path(inventory)
-    with tempfile.TemporaryDirectory(prefix="patchpilot-inv-") as tmp:
-        out, err = ansible_runner.get_inventory(
-            "list",
-            [str(path)],
-            response_format="json",
-            quiet=True,
-            private_data_dir=tmp,
-            envvars=_env(),
-        )
+    # Straight from ansible-inventory into memory: its listing holds every host's variables,
+    # passwords included, and none of it is written anywhere.
+    out, err, _rc = _ansible_command("ansible-inventory", ["-i", str(path), "--list"])
     try:
         data = json.loads(out) if isinstance(out, str) else out
     except (TypeError, ValueError) as exc:
@@ -147,15 +206,7 @@ def match_hosts(inventory: str | Path, pattern: str) -> list[str]:
     path = check_inventory_path(inventory)
     if pattern.startswith("-"):
         raise BadInputError(f"invalid host pattern {pattern!r}", hint="e.g. --limit 'web:&prod'")
-    with tempfile.TemporaryDirectory(prefix="patchpilot-inv-") as tmp:
-        out, err, rc = ansible_runner.run_command(
-            executable_cmd="ansible",
-            cmdline_args=[pattern, "-i", str(path), "--list-hosts"],
-            quiet=True,
-            private_data_dir=tmp,
-            envvars=_env(),
-            runner_mode="subprocess",
-        )
+    out, err, rc = _ansible_command("ansible", [pattern, "-i", str(path), "--list-hosts"])
     if rc != 0:
         raise BadInputError(
             f"Ansible could not use the inventory {inventory} with pattern {pattern!r}: "
@@ -166,6 +217,25 @@ def match_hosts(inventory: str | Path, pattern: str) -> list[str]:
     lines = (out or "").splitlines()
     start = next((i for i, ln in enumerate(lines) if ln.strip().startswith("hosts (")), None)
     return [] if start is None else [ln.strip() for ln in lines[start + 1 :] if ln.strip()]
+
+
+def _ansible_command(executable: str, args: list[str]) -> tuple[str, str, int]:
+    """An Ansible command-line tool beside this Python, its output kept in memory only."""
+    env = {**os.environ, **_env()}
+    tool = Path(sys.executable).parent / executable
+    try:
+        proc = subprocess.run(
+            [str(tool) if tool.exists() else executable, *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            timeout=600,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return "", str(exc), 1
+    return proc.stdout, proc.stderr, proc.returncode
 
 
 def _first_error(text: str | None) -> str:
@@ -210,7 +280,7 @@ class PlaybookStream:
         playbook: str,
         inventory: str | Path,
         *,
-        limit: str | None,
+        hosts: Sequence[str] | None,
         forks: int,
         extravars: dict[str, Any],
         check: bool,
@@ -219,7 +289,8 @@ class PlaybookStream:
         book = PLAYBOOKS / playbook
         if not book.is_file():
             raise PatchpilotError(f"playbook missing from this installation: {book}")
-        self.dir = tempfile.mkdtemp(prefix="patchpilot-run-")
+        work = work_dir()
+        self.dir = str(work)
         self._queue: queue.Queue[tuple[str, HostEvent | None]] = queue.Queue()
         self._cancel = threading.Event()
         self.status = "running"
@@ -241,13 +312,12 @@ class PlaybookStream:
             private_data_dir=self.dir,
             playbook=str(book),
             inventory=str(path),
-            limit=limit,
             forks=forks,
-            extravars=extravars,
-            cmdline="--check" if check else None,
+            cmdline=_cmdline(work, extravars, hosts, check),
             quiet=True,
             envvars=_env(),
             event_handler=handle,
+            status_handler=_forget_command(work),
             finished_callback=finished,
             cancel_callback=self._cancel.is_set,
             suppress_env_files=True,
@@ -284,12 +354,11 @@ def run_playbook(
     playbook: str,
     inventory: str | Path,
     *,
-    limit: str | None = None,
+    hosts: Sequence[str] | None = None,
     forks: int = 10,
     extravars: dict[str, Any] | None = None,
     check: bool = False,
     on_event: Callable[[HostEvent], None] | None = None,
-    keep_artifacts: bool = False,
 ) -> PlaybookResult:
     """Run playbooks/<playbook> and report each host's outcome; `on_event` sees every task
     result as it happens (for progress and per-host writes)."""
@@ -297,13 +366,13 @@ def run_playbook(
     book = PLAYBOOKS / playbook
     if not book.is_file():
         raise PatchpilotError(f"playbook missing from this installation: {book}")
-    hosts: dict[str, HostOutcome] = {}
+    outcomes: dict[str, HostOutcome] = {}
 
     def handle(event: dict[str, Any]) -> bool:
         ev = host_event(event)
         if ev is not None:
             kind = ev.kind
-            outcome = hosts.setdefault(ev.host, HostOutcome(ev.host))
+            outcome = outcomes.setdefault(ev.host, HostOutcome(ev.host))
             if kind == "failed" and event.get("event_data", {}).get("ignore_errors"):
                 kind = "ok"
             if kind in ("failed", "unreachable") and outcome.status == "ok":
@@ -311,26 +380,25 @@ def run_playbook(
             outcome.changed |= bool(ev.result.get("changed"))
             if on_event is not None:
                 on_event(ev)
-        return keep_artifacts
+        return False  # no event kept on disk
 
-    tmp = tempfile.mkdtemp(prefix="patchpilot-run-")
-    cmdline = "--check" if check else None
+    work = work_dir()
     try:
         runner = ansible_runner.run(
-            private_data_dir=tmp,
+            private_data_dir=str(work),
             playbook=str(book),
             inventory=str(path),
-            limit=limit,
             forks=forks,
-            extravars=extravars or {},
-            cmdline=cmdline,
+            cmdline=_cmdline(work, extravars or {}, hosts, check),
             quiet=True,
             envvars=_env(),
             event_handler=handle,
+            status_handler=_forget_command(work),
             suppress_env_files=True,
         )
     finally:
-        if not keep_artifacts:
-            shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
     status = runner.status if runner is not None else "failed"
-    return PlaybookResult(status=str(status), rc=int(runner.rc or 0) if runner else 1, hosts=hosts)
+    return PlaybookResult(
+        status=str(status), rc=int(runner.rc or 0) if runner else 1, hosts=outcomes
+    )

@@ -212,7 +212,7 @@ class AnsibleOps:
         result = executor.run_playbook(
             "rollback.yml",
             self.inventory,
-            limit=",".join(hosts),
+            hosts=hosts,
             forks=self.forks,
             extravars={
                 "patchpilot_restore": {h: list(p) for h, p in restore.items()},
@@ -265,7 +265,7 @@ class AnsiblePatchRun:
         self._stream = executor.PlaybookStream(
             "patch.yml",
             inventory,
-            limit=",".join(hosts),
+            hosts=hosts,
             forks=forks,
             extravars={
                 "patchpilot_hosts": hosts,
