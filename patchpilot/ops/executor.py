@@ -126,7 +126,7 @@ def _forget_command(work: Path) -> Callable[[dict[str, Any], Any], None]:
     """ansible-runner writes the command and the whole environment to artifacts/*/command
     before it starts Ansible; it is removed as soon as Ansible runs."""
 
-    def on_status(data: dict[str, Any], _config: Any = None) -> None:
+    def on_status(data: dict[str, Any], runner_config: Any = None) -> None:
         if data.get("status") in ("running", "successful", "failed", "error", "timeout"):
             for f in (work / "artifacts").glob("*/command"):
                 f.unlink(missing_ok=True)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Collection, Mapping, Sequence
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from patchpilot.durations import parse_duration
+from patchpilot.errors import PatchpilotError
 from patchpilot.ops import executor
 
 if TYPE_CHECKING:  # the warm start imports this module before pydantic loads
@@ -177,13 +179,126 @@ class FleetOps(Protocol):
 
 
 def parse_versions(stdout: str) -> dict[str, str]:
-    """dpkg-query 'name version status' lines -> installed versions."""
+    """dpkg-query 'name version status' lines -> installed versions; a line whose name or
+    version is not one (a host's answer is data, never trusted) is left out."""
     out: dict[str, str] = {}
-    for line in stdout.splitlines():
+    for line in stdout.splitlines()[:MAX_ITEMS]:
         parts = line.split()
         if len(parts) >= 3 and parts[2].startswith("i"):
-            out[parts[0]] = parts[1]
+            try:
+                out[_package(parts[0])] = _version(parts[1])
+            except AnswerRejected:
+                continue
     return out
+
+
+# --- what hosts answer: data, validated where it enters ---------------------------------------
+
+MAX_ITEMS = 10_000  # packages one answer may name
+_BOOT_ID_RE = re.compile(r"[0-9a-f-]{1,64}")
+_ARCH_RE = re.compile(r"[A-Za-z0-9_]{1,32}")
+
+
+class AnswerRejected(ValueError):
+    """A host answered something that is not what patchpilot_patch returns."""
+
+
+def _package(name: object) -> str:
+    from patchpilot.patches import validate_package_name
+
+    base, _, arch = str(name).partition(":")
+    try:
+        validate_package_name(base)
+    except PatchpilotError:
+        raise AnswerRejected(f"not a package name: {str(name)[:80]!r}") from None
+    if not isinstance(name, str) or (arch and not _ARCH_RE.fullmatch(arch)):
+        raise AnswerRejected(f"not a package name: {str(name)[:80]!r}")
+    return name
+
+
+def _version(version: object) -> str:
+    from patchpilot.patches import validate_version
+
+    try:
+        if not isinstance(version, str):
+            raise AnswerRejected(f"not a version: {str(version)[:80]!r}")
+        return validate_version(version)
+    except PatchpilotError:
+        raise AnswerRejected(f"not a version: {str(version)[:80]!r}") from None
+
+
+def _versions(value: object, what: str) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or len(value) > MAX_ITEMS:
+        raise AnswerRejected(f"{what} is not a list of package versions")
+    return {_package(k): _version(v) for k, v in value.items()}
+
+
+def _names(value: object, what: str, *, with_version: bool = False) -> list[str]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or len(value) > MAX_ITEMS:
+        raise AnswerRejected(f"{what} is not a list of packages")
+    out = []
+    for item in value:
+        name, eq, version = str(item).partition("=")
+        if with_version != bool(eq):
+            raise AnswerRejected(f"{what}: {str(item)[:80]!r}")
+        _package(name)
+        if eq:
+            _version(version)
+        out.append(str(item))
+    return out
+
+
+def _kept(value: object, snapshot: Mapping[str, str], rollback_dir: str) -> dict[str, str | None]:
+    """The .debs the host kept, each only if it is exactly the file the controller would
+    name (the run's rollback folder, apt's file name for the snapshot version): a path is
+    never taken from a host, only recognised."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or len(value) > MAX_ITEMS:
+        raise AnswerRejected("artifacts is not a list of kept packages")
+    out: dict[str, str | None] = {}
+    for name, path in value.items():
+        pkg = _package(name)
+        if path is None or not str(path).startswith(rollback_dir + "/"):
+            out[pkg] = None  # not kept in the run's folder (check mode names apt's cache)
+            continue
+        version = snapshot.get(pkg)
+        arch = str(path).rsplit("_", 1)[-1].removesuffix(".deb")
+        if version is None or not _ARCH_RE.fullmatch(arch):
+            raise AnswerRejected(f"artifact of {pkg}: {str(path)[:120]!r}")
+        expected = f"{rollback_dir}/{deb_filename(pkg, version, arch)}"
+        if path != expected:
+            raise AnswerRejected(f"artifact of {pkg}: {str(path)[:120]!r}")
+        out[pkg] = expected
+    return out
+
+
+def _patch_answer(ev: executor.HostEvent, rollback_dir: str) -> HostResult:
+    """patchpilot_patch's answer as a HostResult, every field checked."""
+    r = ev.result
+    phase = r.get("phase") or ("done" if ev.kind == "ok" else "preflight")
+    if phase not in ("preflight", "install", "done"):
+        raise AnswerRejected(f"unknown phase {str(phase)[:40]!r}")
+    snapshot = _versions(r.get("snapshot"), "snapshot")
+    boot_id = r.get("boot_id")
+    if boot_id is not None and not (isinstance(boot_id, str) and _BOOT_ID_RE.fullmatch(boot_id)):
+        raise AnswerRejected("boot_id is not a boot id")
+    return HostResult(
+        "ok" if ev.kind == "ok" else "failed",
+        None if ev.kind == "ok" else ev.message,
+        versions=_versions(r.get("versions"), "versions"),
+        phase=phase,
+        snapshot=snapshot,
+        artifacts=_kept(r.get("artifacts"), snapshot, rollback_dir),
+        rollback_missing=_names(r.get("rollback_missing"), "rollback_missing", with_version=True),
+        held=_names(r.get("held"), "held"),
+        installed=_names(r.get("installed"), "installed", with_version=True),
+        boot_id=boot_id,
+    )
 
 
 class AnsibleOps:
@@ -311,7 +426,7 @@ class AnsiblePatchRun:
                 if self._starts >= index + 2:
                     break  # the next batch has begun (it waits at its gate): this one is done
             elif ev is not None and ev.host in expected:
-                _apply_event(out, ev)
+                _apply_event(out, ev, self.request.rollback_dir)
         for h in expected:
             out.setdefault(h, HostResult("unreachable", "no answer from Ansible"))
         return out
@@ -326,7 +441,7 @@ class AnsiblePatchRun:
         shutil.rmtree(self._gates, ignore_errors=True)
 
 
-def _apply_event(out: dict[str, HostResult], ev: executor.HostEvent) -> None:
+def _apply_event(out: dict[str, HostResult], ev: executor.HostEvent, rollback_dir: str) -> None:
     """Fold one task result of playbooks/patch.yml into its host's result."""
     if ev.action.endswith("patchpilot_patch"):
         if ev.kind == "unreachable":
@@ -338,19 +453,11 @@ def _apply_event(out: dict[str, HostResult], ev: executor.HostEvent) -> None:
                 "timeout", f"the patch did not finish within the stage's timeout ({period} s)"
             )
         elif ev.kind in ("ok", "failed"):
-            r = ev.result
-            out[ev.host] = HostResult(
-                "ok" if ev.kind == "ok" else "failed",
-                None if ev.kind == "ok" else ev.message,
-                versions=dict(r.get("versions") or {}),
-                phase=r.get("phase") or ("done" if ev.kind == "ok" else "preflight"),
-                snapshot=dict(r.get("snapshot") or {}),
-                artifacts=dict(r.get("artifacts") or {}),
-                rollback_missing=list(r.get("rollback_missing") or []),
-                held=list(r.get("held") or []),
-                installed=list(r.get("installed") or []),
-                boot_id=r.get("boot_id"),
-            )
+            try:
+                out[ev.host] = _patch_answer(ev, rollback_dir)
+            except AnswerRejected as exc:
+                # Nothing it said is kept: it is failed, its state unknown, as if silent.
+                out[ev.host] = HostResult("failed", f"answer rejected: {exc}", phase="install")
     elif ev.action.endswith("reboot") and ev.host in out:
         result = out[ev.host]
         if ev.kind == "ok":
