@@ -41,11 +41,13 @@ def demo_offer(lab: Lab, *, offer: str | None, install: str | None) -> tuple[lis
         raise LabError("the lab is not up", hint="run `patchpilot lab up` first")
     attic = lab.repo_dir / "attic"
     attic.mkdir(parents=True, exist_ok=True)
-    debs = {}
+    # A version may be in both places (`lab up` publishes every demo version into the pool
+    # again): each ends up in exactly one.
+    debs: dict[str, list[Path]] = {}
     for d in list(repo.pool(lab.repo_dir).glob(f"{demo.DEMO_PACKAGE}_*.deb")) + list(
         attic.glob(f"{demo.DEMO_PACKAGE}_*.deb")
     ):
-        debs[repo.read_deb(d).version] = d
+        debs.setdefault(repo.read_deb(d).version, []).append(d)
     for version in (offer, install):
         if version is not None:
             validate_version(version, where="demo version")
@@ -56,11 +58,16 @@ def demo_offer(lab: Lab, *, offer: str | None, install: str | None) -> tuple[lis
                     "`lab demo-deb VERSION[:BEHAVIOUR]` and `lab publish` it",
                 )
     offered = []
-    for version, path in debs.items():
+    for version, paths in debs.items():
         keep = offer is None or compare_versions(version, offer) <= 0
-        target = (repo.pool(lab.repo_dir) if keep else attic) / path.name
-        if path != target:
-            os.replace(path, target)
+        target = (repo.pool(lab.repo_dir) if keep else attic) / paths[0].name
+        for path in paths:
+            if path == target:
+                continue
+            if target.exists():
+                path.unlink()
+            else:
+                os.replace(path, target)
         if keep:
             offered.append(version)
     repo.index(lab.repo_dir)

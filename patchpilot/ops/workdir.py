@@ -44,7 +44,7 @@ def sweep_stale_work_dirs() -> list[Path]:
     if not root.is_dir():
         return removed
     for d in root.iterdir():
-        parts = d.name.split("-")
+        parts = d.name.split("-", 2)
         if len(parts) == 3 and parts[0] == "run" and parts[1].isdigit():
             pid = int(parts[1])
             if pid != os.getpid() and not _pid_alive(pid):
@@ -63,15 +63,14 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-_SWEPT = False
+_SWEPT: set[Path] = set()  # state folders swept by this process
 
 
 def work_dir() -> Path:
     """A new owner-only working folder for one Ansible process, under the state folder."""
-    global _SWEPT
     root = _owner_only_dir(state_dir())
-    if not _SWEPT:
+    if root not in _SWEPT:
         sweep_stale_work_dirs()
-        _SWEPT = True
+        _SWEPT.add(root)
     _owner_only_dir(root / "ansible")
     return Path(tempfile.mkdtemp(prefix=f"run-{os.getpid()}-", dir=root / "ansible"))
