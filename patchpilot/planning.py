@@ -145,3 +145,37 @@ def is_frozen_file(path: str | Path) -> bool:
             return is_frozen(fh.read(256))
     except OSError:
         return False
+
+
+def moved_since_planned(engine: Engine, plan: ExpandedPlan) -> list[str]:
+    """Planned hosts whose installed versions (as last gathered) are no longer the ones the
+    plan was made from, each in words; empty when the fleet is as planned."""
+    from patchpilot.store.models import InstalledPackage
+
+    names = list(plan.hosts)
+    with session_scope(engine) as s:
+        ids = {h.name: h.id for h in s.exec(select(Host).where(col(Host.name).in_(names)))}
+        installed: dict[tuple[int, str, str], str] = {}
+        if ids:
+            wanted = {u.package for h in plan.hosts.values() for u in h.updates}
+            for p in s.exec(
+                select(InstalledPackage).where(
+                    col(InstalledPackage.host_id).in_(list(ids.values())),
+                    col(InstalledPackage.name).in_(sorted(wanted)),
+                )
+            ):
+                installed[(p.host_id, p.name, p.arch)] = p.version
+    moved = []
+    for name, h in plan.hosts.items():
+        host_id = ids.get(name)
+        if host_id is None:
+            moved.append(f"{name} is not in this store")
+            continue
+        for u in h.updates:
+            now = installed.get((host_id, u.package, u.arch))
+            if now != u.installed_version:
+                moved.append(
+                    f"{name}: {u.package} is {now or 'not installed'} now, the plan was made "
+                    f"for {u.installed_version}"
+                )
+    return moved

@@ -54,7 +54,10 @@ def plan(
     )
     if out is not None:
         try:
-            write_frozen(out, built.frozen)
+            from patchpilot.plan.frozen import sign
+            from patchpilot.store.secrets import plan_key
+
+            write_frozen(out, sign(built.frozen, plan_key(state(ctx).engine())))
         except OSError as exc:
             raise BadInputError(f"cannot write {out}: {exc.strerror or exc}") from exc
     if as_json:
@@ -229,7 +232,19 @@ def _apply(
         )
     assert raw is not None
     if is_frozen(raw):
+        from patchpilot.plan.frozen import verify_signature
+        from patchpilot.planning import moved_since_planned
+        from patchpilot.store.secrets import plan_key
+
         frozen = load_frozen(plan_file, raw_bytes=raw)
+        verify_signature(plan_file, frozen.data, plan_key(engine))
+        moved = moved_since_planned(engine, frozen.plan)
+        if moved:
+            raise BadInputError(
+                f"{plan_file}: the fleet moved since the plan was frozen: {'; '.join(moved[:5])}"
+                + (f" (and {len(moved) - 5} more)" if len(moved) > 5 else ""),
+                hint="gather, review and freeze the plan again",
+            )
         spec, data = frozen.spec, frozen.data
         info(f"frozen plan {spec.name} (sha256 {frozen.sha256[:16]}...), made {frozen.created_at}")
     else:

@@ -3,13 +3,15 @@ executes exactly what was reviewed, and a file changed after review is refused.
 
 The file is JSON. Its `sha256` covers the canonical JSON (sorted keys, no whitespace, UTF-8)
 of every other field, so the pretty-printed layout on disk does not matter but any change
-to a value does. The hash detects edits, not a deliberate forgery: whoever can rewrite the
-file can recompute it, so keep frozen plans where only operators can write.
+to a value does. The hash detects edits; a forgery is caught by the `signature`, an HMAC
+with a key kept in the store that made the plan, which `apply` requires. Everything in the
+file is checked again when it is read, the expansion too, with the rules of plan files.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import os
 import tempfile
@@ -21,12 +23,13 @@ from typing import Any
 
 from patchpilot.errors import BadInputError
 from patchpilot.patches import validate_package_name, validate_version
-from patchpilot.plan.expand import ExpandedPlan, PlanHost
-from patchpilot.plan.load import plan_from_dict
+from patchpilot.plan.load import check_strings, plan_from_dict
+from patchpilot.plan.model import ExpandedPlan, PlanHost
 from patchpilot.plan.spec import PlanSpec
 
 FORMAT = "patchpilot-frozen-plan/1"
 _FIELDS = ("format", "created_at", "spec", "expansion", "inventory", "sha256")
+_OPTIONAL = ("signature",)  # HMAC-SHA256 with the store's key (sign / verify_signature)
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,7 @@ class FrozenPlan:
     # The whole document as verified, what a run records and executes: taken from this
     # object, never read from the file again (it may have changed since it was checked).
     data: dict[str, Any]
+    plan: ExpandedPlan  # the expansion, typed and checked
 
     def host_updates(self, host: str) -> list[dict[str, Any]]:
         """The exact updates (package, arch, from, to) frozen for one host."""
@@ -56,10 +60,32 @@ def canonical_json(data: Any) -> bytes:
 
 
 def content_hash(data: Mapping[str, Any]) -> str:
-    """sha256 of the canonical JSON of every field but `sha256` itself."""
+    """sha256 of the canonical JSON of every field but `sha256` and `signature`."""
     return hashlib.sha256(
-        canonical_json({k: v for k, v in data.items() if k != "sha256"})
+        canonical_json({k: v for k, v in data.items() if k not in ("sha256", "signature")})
     ).hexdigest()
+
+
+def signature(data: Mapping[str, Any], key: bytes) -> str:
+    """HMAC-SHA256 over the content hash: only a holder of the store's key can make it."""
+    return hmac.new(key, content_hash(data).encode(), hashlib.sha256).hexdigest()
+
+
+def sign(data: dict[str, Any], key: bytes) -> dict[str, Any]:
+    return {**data, "signature": signature(data, key)}
+
+
+def verify_signature(path: str | Path, data: Mapping[str, Any], key: bytes) -> None:
+    """A frozen plan is executed only if this store's key signed it: the sha256 inside
+    catches edits, the signature catches a forgery (whoever rewrites the file can
+    recompute a hash, not the HMAC)."""
+    given = data.get("signature")
+    if not isinstance(given, str) or not hmac.compare_digest(given, signature(data, key)):
+        raise BadInputError(
+            f"{path}: frozen plan is not signed by this store",
+            hint="freeze it again with `patchpilot plan PLAN -i INVENTORY --out FILE` against "
+            "the store you apply with",
+        )
 
 
 def inventory_snapshot(hosts: Iterable[PlanHost], expanded: ExpandedPlan) -> dict[str, Any]:
@@ -153,7 +179,7 @@ def load_frozen(path: str | Path, *, raw_bytes: bytes | None = None) -> FrozenPl
             hint="this version of patchpilot reads " + FORMAT,
         )
     missing = [k for k in _FIELDS if k not in data]
-    extra = sorted(set(data) - set(_FIELDS))
+    extra = sorted(set(data) - set(_FIELDS) - set(_OPTIONAL))
     if missing or extra:
         what = f"missing {', '.join(missing)}" if missing else f"unknown {', '.join(extra)}"
         raise BadInputError(f"{path}: not a frozen plan ({what})", hint=hint)
@@ -170,6 +196,9 @@ def load_frozen(path: str | Path, *, raw_bytes: bytes | None = None) -> FrozenPl
         raise BadInputError(f"{path}: spec and expansion must be JSON objects", hint=hint)
     spec = plan_from_dict(data["spec"], f"{path} spec")
     _check_packages(path, data["expansion"])
+    check_strings(data["expansion"], ("expansion",), str(path))
+    plan = ExpandedPlan.from_dict(data["expansion"], where=f"{path} expansion")
+    _check_stages(path, spec, plan)
     return FrozenPlan(
         format=fmt,
         created_at=created_at,
@@ -178,7 +207,22 @@ def load_frozen(path: str | Path, *, raw_bytes: bytes | None = None) -> FrozenPl
         inventory=data["inventory"],
         sha256=data["sha256"],
         data=data,
+        plan=plan,
     )
+
+
+def _check_stages(path: Path, spec: PlanSpec, plan: ExpandedPlan) -> None:
+    """The expansion's stages are the plan's own, settings and all (its health checks are
+    the commands that will run on the hosts)."""
+    own = {s.name: s for s in spec.stages}
+    for st in plan.stages:
+        if own.get(st.name) != st.settings:
+            raise BadInputError(
+                f"{path}: stage {st.name} of the expansion is not the plan's",
+                hint="freeze the plan again from its plan file",
+            )
+    if plan.plan != spec.name:
+        raise BadInputError(f"{path}: expansion of plan {plan.plan!r}, spec {spec.name!r}")
 
 
 def _check_packages(path: Path, expansion: dict[str, Any]) -> None:

@@ -93,7 +93,7 @@ def plan_from_dict(
 ) -> PlanSpec:
     """Validate a plan that is already data (the spec stored in a frozen plan): the same
     rules as a plan file, without line numbers."""
-    _check_strings(data, (), source)
+    check_strings(data, (), source)
     return _validate(dict(data), source, lambda loc: None, checks)
 
 
@@ -211,7 +211,7 @@ def _check_tree(root: Node, source: str) -> None:
     walk(root, ())
 
 
-def _check_strings(data: Any, loc: Loc, source: str) -> None:
+def check_strings(data: Any, loc: Loc, source: str) -> None:
     if isinstance(data, str):
         if any(m in data for m in _TEMPLATE_MARKERS):
             raise BadInputError(
@@ -220,11 +220,11 @@ def _check_strings(data: Any, loc: Loc, source: str) -> None:
             )
     elif isinstance(data, Mapping):
         for k, v in data.items():
-            _check_strings(k, (*loc, str(k)), source)
-            _check_strings(v, (*loc, str(k)), source)
+            check_strings(k, (*loc, str(k)), source)
+            check_strings(v, (*loc, str(k)), source)
     elif isinstance(data, list | tuple):
         for i, v in enumerate(data):
-            _check_strings(v, (*loc, i), source)
+            check_strings(v, (*loc, i), source)
 
 
 def _line_of(root: Node, loc: Loc) -> int | None:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlmodel import select
 
 from patchpilot.errors import BadInputError
 from patchpilot.plan import (
@@ -252,3 +253,118 @@ def test_freeze_is_deterministic(spec: PlanSpec, expanded: ExpandedPlan) -> None
     first = freeze(expanded, spec, inventory_snapshot=snapshot, created_at=NOW)
     second = freeze(again, spec, inventory_snapshot=snapshot, created_at=NOW)
     assert first["sha256"] == second["sha256"]
+
+
+def _rename_host(d: dict[str, Any], new: str) -> None:
+    old = d["expansion"]["hosts"][0]["name"]
+    d["expansion"]["hosts"][0]["name"] = new
+    for st in d["expansion"]["stages"]:
+        st["batches"] = [[new if h == old else h for h in b] for b in st["batches"]]
+    for r in d["expansion"]["rollback"]:
+        if r["host"] == old:
+            r["host"] = new
+
+
+def _all_arches(d: dict[str, Any], arch: str) -> None:
+    for h in d["expansion"]["hosts"][:1]:
+        h["updates"][0]["arch"] = arch
+    for r in d["expansion"]["rollback"]:
+        if r["host"] == d["expansion"]["hosts"][0]["name"]:
+            for p in r["packages"]:
+                if p["package"] == d["expansion"]["hosts"][0]["updates"][0]["package"]:
+                    p["arch"] = arch
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda d: _rename_host(d, "all"), "'all' is not an inventory host name"),
+        (lambda d: _rename_host(d, "web*,db"), "is not an inventory host name"),
+        (lambda d: _all_arches(d, "x/../../../../tmp/evil"), "invalid architecture"),
+        (
+            lambda d: d["expansion"]["stages"][0]["settings"]["health"].append(
+                {"check": "command", "params": {"argv": ["sh", "-c", "{{ lookup('pipe','id') }}"]}}
+            ),
+            "template expressions are not allowed in plans",
+        ),
+        (
+            lambda d: d["expansion"]["stages"][0]["settings"].update(soak="1s"),
+            "of the expansion is not the plan's",
+        ),
+        (
+            lambda d: d["expansion"]["rollback"].reverse(),
+            "rollback sequence is not the reverse of the deploy order",
+        ),
+        (
+            lambda d: d["expansion"]["failure_budget"].update(allowed=99),
+            "failure_budget.allowed is 99",
+        ),
+    ],
+)
+def test_a_forged_expansion_is_refused(
+    frozen_file: Path, change: Callable[[dict[str, Any]], None], message: str
+) -> None:
+    """The expansion is checked with the same rules as a plan file: a forgery whose hash was
+    recomputed cannot name a group, a path or a template, or change what was reviewed."""
+    edit(frozen_file, change, rehash=True)
+    with pytest.raises(BadInputError) as info:
+        load_frozen(frozen_file)
+    assert message in info.value.message
+
+
+def test_only_a_plan_signed_by_this_store_is_accepted(frozen_file: Path, tmp_path: Path) -> None:
+    from patchpilot.plan.frozen import sign, verify_signature
+    from patchpilot.settings import db_url
+    from patchpilot.store.db import open_store
+    from patchpilot.store.secrets import plan_key
+
+    engine = open_store(db_url(str(tmp_path / "pp.db")))
+    key = plan_key(engine)
+    assert plan_key(engine) == key and len(key) == 32
+    data = json.loads(frozen_file.read_text())
+    with pytest.raises(BadInputError, match="not signed by this store"):
+        verify_signature(frozen_file, data, key)
+    signed = sign(data, key)
+    write_frozen(frozen_file, signed)
+    frozen = load_frozen(frozen_file)
+    verify_signature(frozen_file, frozen.data, key)
+    # A forger rewrites a version and recomputes the hash: the signature no longer holds.
+    edit(frozen_file, lambda d: set_to(d, "3.0.11-1~deb12u3"), rehash=True)
+    forged = load_frozen(frozen_file)
+    with pytest.raises(BadInputError, match="not signed by this store"):
+        verify_signature(frozen_file, forged.data, key)
+    other = plan_key(open_store(db_url(str(tmp_path / "other.db"))))
+    with pytest.raises(BadInputError, match="not signed by this store"):
+        verify_signature(frozen_file, frozen.data, other)
+
+
+def test_apply_refuses_a_plan_whose_from_versions_moved(
+    expanded: ExpandedPlan, tmp_path: Path
+) -> None:
+    from patchpilot.planning import moved_since_planned
+    from patchpilot.settings import db_url
+    from patchpilot.store.db import open_store, session_scope
+    from patchpilot.store.models import Host, InstalledPackage
+
+    engine = open_store(db_url(str(tmp_path / "pp.db")))
+    with session_scope(engine) as s:
+        for name, h in expanded.hosts.items():
+            row = Host(name=name)
+            s.add(row)
+            s.flush()
+            for u in h.updates:
+                s.add(
+                    InstalledPackage(
+                        host_id=row.id, name=u.package, arch=u.arch, version=u.installed_version
+                    )
+                )
+    assert moved_since_planned(engine, expanded) == []
+    first = next(iter(expanded.hosts))
+    with session_scope(engine) as s:
+        host = s.exec(select(Host).where(Host.name == first)).one()
+        pkg = s.exec(select(InstalledPackage).where(InstalledPackage.host_id == host.id)).first()
+        assert pkg is not None
+        pkg.version = "9.9-9"
+        s.add(pkg)
+    (moved,) = moved_since_planned(engine, expanded)
+    assert moved.startswith(f"{first}: ") and "9.9-9 now" in moved
