@@ -279,27 +279,52 @@ def module_args(specs: Sequence[CheckSpec]) -> list[dict[str, Any]]:
 def measurements_from_result(
     result: Mapping[str, Any], specs: Sequence[CheckSpec]
 ) -> list[Measurement]:
-    """The module's answer for one host, as Measurements carrying each check's criticality."""
+    """The module's answer for one host, as Measurements carrying each check's criticality.
+    A host's answer is data: only metrics the check measures are kept, with at most
+    MAX_SAMPLES finite samples and MAX_LINES log lines of at most MAX_LINE characters."""
     by_name = {s.name: s for s in specs}
     out: list[Measurement] = []
-    for item in result.get("checks", []):
+    for item in list(result.get("checks", []))[: len(specs)]:
         spec = by_name.get(str(item.get("id")))
         if spec is None:
             continue
-        for m in item.get("metrics", []):
+        for m in list(item.get("metrics", []))[:MAX_METRICS]:
+            metric = str(m.get("metric", ""))
+            if spec.check in CATALOGUE and metric not in (*spec.kind.metrics, "error"):
+                continue
+            samples = []
+            for x in list(m.get("samples", []))[:MAX_SAMPLES]:
+                try:
+                    value = float(x)
+                except (TypeError, ValueError):
+                    continue
+                if math.isfinite(value):
+                    samples.append(value)
+            error = m.get("error")
             out.append(
                 Measurement(
                     check=spec.name,
-                    metric=str(m["metric"]),
-                    unit=str(m.get("unit", "")),
-                    samples=tuple(float(x) for x in m.get("samples", [])),
+                    metric=metric,
+                    unit=_clip(m.get("unit", ""), 16),
+                    samples=tuple(samples),
                     direction=Direction.parse(m.get("direction")),
                     critical=spec.is_critical,
-                    error=m.get("error"),
-                    lines=tuple(str(x) for x in m.get("lines", [])),
+                    error=None if error is None else _clip(error, MAX_LINE),
+                    lines=tuple(_clip(x, MAX_LINE) for x in list(m.get("lines", []))[:MAX_LINES]),
                 )
             )
     return out
+
+
+MAX_METRICS = 32
+MAX_SAMPLES = 10_000
+MAX_LINES = 20
+MAX_LINE = 500
+
+
+def _clip(value: object, limit: int) -> str:
+    text = "".join(c if c.isprintable() else " " for c in str(value))
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def unreachable_measurements(specs: Sequence[CheckSpec], message: str) -> list[Measurement]:

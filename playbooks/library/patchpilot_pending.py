@@ -31,14 +31,13 @@ options:
 """
 
 import glob
-import gzip
-import io
 import os
 import re
 import subprocess
 import tarfile
 import time
 import xml.etree.ElementTree as ET
+import zlib
 from email.utils import parsedate_to_datetime
 
 CVE_RE = re.compile(r"CVE-\d{4}-\d{4,}")
@@ -245,11 +244,17 @@ def apt_updates(module, changelogs, cache_dir):
                 "security": is_security_origin(label, archive),
                 "held": pkg.selected_state == apt_pkg.SELSTATE_HOLD,
                 "reboot_needed": reboot_needed(pkg.name),
+                "size": cand.size,
             }
         )
     if changelogs and updates:
         add_apt_changelogs(module, updates, cache_dir, apt_pkg.version_compare)
+    for u in updates:
+        u.pop("size", None)  # only for the free-space check
     return updates
+
+
+MIN_FREE_AFTER_DOWNLOAD = 200 * 1024 * 1024  # what the downloads must leave free
 
 
 def add_apt_changelogs(module, updates, cache_dir, compare):
@@ -262,6 +267,14 @@ def add_apt_changelogs(module, updates, cache_dir, compare):
         for u in updates
     ]
     missing = [w for w, u in zip(wanted, updates) if not _deb_path(cache_dir, u)]
+    need = sum(u.get("size") or 0 for w, u in zip(wanted, updates) if w in missing)
+    if missing and free_bytes(cache_dir) < need + MIN_FREE_AFTER_DOWNLOAD:
+        # No room to fetch them: the updates are reported without their changelog facts.
+        module.warn(
+            f"not downloading {len(missing)} packages for their changelogs: "
+            f"{need // 1048576} MiB needed, {free_bytes(cache_dir) // 1048576} MiB free"
+        )
+        missing = []
     if missing:
         rc, _out, _err = module.run_command(["apt-get", "download", "-q", *missing], cwd=cache_dir)
         if rc != 0:  # one bad package must not hide the others' facts
@@ -303,29 +316,55 @@ def _prune(cache_dir, updates):
             os.unlink(path)
 
 
+MAX_CHANGELOG_GZ = 4 * 1024 * 1024  # a compressed changelog larger than this is skipped
+MAX_CHANGELOG_TEXT = 16 * 1024 * 1024  # and one that unpacks to more is cut there
+
+
 def read_deb_changelog(path, package, arch):
-    """The Debian changelog inside a .deb, or None (e.g. its doc dir links to another package)."""
-    proc = subprocess.run(["dpkg-deb", "--fsys-tarfile", path], capture_output=True, check=False)
-    if proc.returncode != 0:
-        return None
+    """The Debian changelog inside a .deb, or None (e.g. its doc dir links to another
+    package). The package's file tree is read as a stream, member by member, so memory stays
+    small whatever the size of the package; reading stops once the changelog is found."""
     names = [
         f"./usr/share/doc/{package}/changelog.Debian.gz",
         f"./usr/share/doc/{package}/changelog.Debian.{arch}.gz",
         f"./usr/share/doc/{package}/changelog.gz",
     ]
-    with tarfile.open(fileobj=io.BytesIO(proc.stdout)) as tar:
-        members = {m.name: m for m in tar.getmembers() if m.isfile()}
-        for name in names:
-            member = members.get(name)
-            if member is None:
-                continue
-            data = tar.extractfile(member)
-            if data is None:
-                continue
-            text = gzip.decompress(data.read()).decode("utf-8", "replace")
-            if is_debian_changelog(text):
-                return text
+    found = {}
+    proc = subprocess.Popen(
+        ["dpkg-deb", "--fsys-tarfile", path], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+    )
+    try:
+        with tarfile.open(fileobj=proc.stdout, mode="r|") as tar:
+            for member in tar:
+                if member.name not in names or not member.isfile():
+                    continue
+                if member.size > MAX_CHANGELOG_GZ:
+                    continue
+                data = tar.extractfile(member)
+                if data is None:
+                    continue
+                unpack = zlib.decompressobj(16 + zlib.MAX_WBITS)
+                text = unpack.decompress(data.read(), MAX_CHANGELOG_TEXT).decode("utf-8", "replace")
+                found[member.name] = text
+                if member.name == names[0]:
+                    break
+    except (tarfile.TarError, zlib.error, OSError, EOFError):
+        pass
+    finally:
+        proc.stdout.close()
+        if proc.poll() is None:
+            proc.terminate()
+        proc.wait()
+    for name in names:
+        text = found.get(name)
+        if text and is_debian_changelog(text):
+            return text
     return None
+
+
+def free_bytes(path):
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
 
 
 def dnf_updates(module, tool):

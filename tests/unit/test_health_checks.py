@@ -168,3 +168,31 @@ def test_one_broken_check_does_not_hide_the_others() -> None:
     results = mod.run_checks([{"check": "nosuch"}, {"check": "load"}], None)
     assert "unknown check" in results[0]["metrics"][0]["error"]
     assert results[1]["metrics"][0]["metric"] == "load_per_cpu"
+
+
+def test_a_hosts_health_answer_is_bounded() -> None:
+    from patchpilot.health.checks import MAX_LINE, MAX_LINES, measurements_from_result
+
+    spec = CheckSpec("journal_errors")
+    answer = {
+        "checks": [
+            {
+                "id": "journal_errors",
+                "metrics": [
+                    {
+                        "metric": "journal_errors",
+                        "unit": "count",
+                        "samples": [3, "nan", "x", float("inf")],
+                        "lines": ["E" * 100_000] * 1000,
+                    },
+                    {"metric": "{{ injected }}", "samples": [1]},
+                    {"metric": "error", "samples": [], "error": "boom\x1b[31m"},
+                ],
+            }
+        ]
+    }
+    got = measurements_from_result(answer, [spec])
+    assert [m.metric for m in got] == ["journal_errors", "error"]
+    assert got[0].samples == (3.0,)
+    assert len(got[0].lines) == MAX_LINES and all(len(ln) <= MAX_LINE for ln in got[0].lines)
+    assert got[1].error == "boom [31m"

@@ -571,3 +571,47 @@ def test_boot_facts_on_this_machine() -> None:
     assert facts["uptime_seconds"] >= 0
     # uptime is measured from boot_time (both rounded down to whole seconds)
     assert abs(before - facts["boot_time"] - facts["uptime_seconds"]) <= 2
+
+
+@pytest.mark.skipif(shutil.which("dpkg-deb") is None, reason="needs dpkg-deb")
+def test_a_large_package_is_read_as_a_stream(tmp_path: Path) -> None:
+    """The changelog of a package with a 300 MiB file in it is found without holding the
+    package in memory (it was read whole: 817 MiB peak for a 400 MiB package)."""
+    import gzip as gz
+    import subprocess
+    import sys
+
+    root = tmp_path / "pkg"
+    (root / "DEBIAN").mkdir(parents=True)
+    (root / "DEBIAN" / "control").write_text(
+        "Package: big\nVersion: 1.0-1\nArchitecture: all\nMaintainer: x <x@x>\nDescription: big\n"
+    )
+    doc = root / "usr" / "share" / "doc" / "big"
+    doc.mkdir(parents=True)
+    with (root / "usr" / "share" / "big.bin").open("wb") as big:
+        big.truncate(300 * 1024 * 1024)  # sparse: this process never holds it
+    (doc / "changelog.Debian.gz").write_bytes(
+        gz.compress(
+            b"big (1.0-1) bookworm; urgency=high\n\n  * Fix CVE-2026-0001.\n\n"
+            b" -- x <x@x>  Mon, 01 Jun 2026 12:00:00 +0000\n"
+        )
+    )
+    deb = tmp_path / "big.deb"
+    subprocess.run(
+        ["dpkg-deb", "-Zgzip", "-z1", "--root-owner-group", "--build", str(root), str(deb)],
+        check=True,
+        capture_output=True,
+    )
+    probe = (
+        "import resource, sys; sys.path.insert(0, sys.argv[1]); import patchpilot_pending as m;"
+        "t = m.read_deb_changelog(sys.argv[2], 'big', 'all');"
+        "print(t.splitlines()[0]); print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe, str(MODULE_PATH.parent), str(deb)],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.splitlines()
+    assert out[0].startswith("big (1.0-1)")
+    assert int(out[1]) < 150 * 1024  # KiB: far below the package's 300 MiB
