@@ -15,6 +15,7 @@ from patchpilot.cli import apply as apply_cmd
 from patchpilot.cli import config as config_cmd
 from patchpilot.cli import inventory as inventory_cmd
 from patchpilot.cli import lab as lab_cmd
+from patchpilot.cli import metrics as metrics_cmd
 from patchpilot.cli import patches as patches_cmd
 from patchpilot.cli import report as report_cmd
 from patchpilot.cli import risk as risk_cmd
@@ -44,6 +45,7 @@ app.command("rollback")(apply_cmd.rollback)
 app.add_typer(runs_cmd.app, name="runs")
 app.command("compliance")(patches_cmd.compliance)
 app.command("report")(report_cmd.report)
+app.command("metrics")(metrics_cmd.metrics)
 app.add_typer(lab_cmd.app, name="lab")
 app.add_typer(config_cmd.app, name="config")
 
