@@ -296,7 +296,8 @@ def main() -> None:
     wall = time.perf_counter() - t
     size = out.stat().st_size
     print(
-        f"patchpilot report fleet: {wall:.2f} s (goal < 5 s), HTML {size / 1e6:.2f} MB (goal < 5 MB)"
+        f"patchpilot report fleet: {wall:.2f} s (goal < 5 s), "
+        f"HTML {size / 1e6:.2f} MB (goal < 5 MB)"
     )
     k = data["kpis"]
     print(
