@@ -105,7 +105,7 @@ def timeline(report: dict[str, Any]) -> str:
         )
         for bar in bars:
             bar.set_gid(f"tl-{it['step']}-{y}-{round(start, 3)}")
-        if it["marked"] or width > total / 12:
+        if width > total / 12:
             ax.text(
                 start + width / 2,
                 y,
