@@ -249,7 +249,7 @@ def runs_over_time(runs: Sequence[dict[str, Any]]) -> str:
     step = max(1, len(order) // 12)
     ax.set_xticks(range(0, len(order), step), order[::step], rotation=20, ha="right", fontsize=7)
     ax.set_ylabel("runs")
-    ax.legend(fontsize=7, frameon=False, ncol=5)
+    ax.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return _svg(fig)
 
 
@@ -302,8 +302,9 @@ def calibration(cal: dict[str, Any]) -> str:
     """Mean predicted regression probability per bin against the share that went wrong."""
     fig = Figure(figsize=(4.6, 3.4))
     ax = fig.add_subplot()
-    ax.plot([0, 0.3], [0, 0.3], color="#999", linestyle="--", linewidth=1, label="perfect")
     pts = [b for b in cal["bins"] if b["n"]]
+    top = max([0.3] + [max(b["predicted"], b["observed"]) for b in pts])
+    ax.plot([0, top], [0, top], color="#999", linestyle="--", linewidth=1, label="perfect")
     if pts:
         ax.scatter(
             [b["predicted"] for b in pts],

@@ -23,8 +23,17 @@ from patchpilot.run.lifecycle import start_run
 from patchpilot.run.states import HostState, RunState
 from patchpilot.settings import db_url
 from patchpilot.store.db import open_store, session_scope
-from patchpilot.store.models import Host, PendingUpdate, Run, RunHost, RunStep, RunVerdict
-from tests.unit.test_engine import _fleet, _frozen, _opts
+from patchpilot.store.models import (
+    AuditEvent,
+    Host,
+    Incident,
+    PendingUpdate,
+    Run,
+    RunHost,
+    RunStep,
+    RunVerdict,
+)
+from tests.unit.test_engine import NOW, PLAN, _fleet, _opts
 
 HOSTILE = '<script>alert("x")</script><img src=x onerror=alert(1)>'
 
@@ -49,11 +58,37 @@ def _stretch(engine: Any, run_id: str, *, start: datetime, factor: float) -> Non
             (RunStep, ("started_at", "finished_at")),
             (RunVerdict, ("created_at",)),
             (RunHost, ("patched_at",)),
+            (Incident, ("created_at",)),
+            (AuditEvent, ("at",)),
         ):
             for row in s.exec(select(model).where(model.run_id == run_id)):  # type: ignore[attr-defined]
                 for f in fields:
                     setattr(row, f, at(getattr(row, f)))
                 s.add(row)
+
+
+def _frozen(n: int, *, to: str = "1.1-1", probability: float) -> tuple[Any, dict[str, Any]]:
+    """test_engine's plan over n web hosts, demoweb 1.0-1 -> `to` scored `probability`."""
+    from patchpilot.plan.expand import PlanHost, PlanUpdate, expand_plan
+    from patchpilot.plan.frozen import freeze, inventory_snapshot
+    from patchpilot.plan.load import parse_plan
+    from patchpilot.risk.score import Thresholds
+    from patchpilot.risk.types import RiskScore
+
+    spec = parse_plan(PLAN.format(budget="{hosts: 0}"), source="test.yml")
+    hosts = [PlanHost(f"web{i:02d}", ("web",), "debian 12 bookworm") for i in range(1, n + 1)]
+    updates = {
+        h.name: [PlanUpdate("demoweb", "all", "1.0-1", to, "demoweb", False, False, False, NOW)]
+        for h in hosts
+    }
+    level = Thresholds().level(probability)
+    score = RiskScore(probability, probability / 2, probability * 2, level, ("a reason",))
+    scores = {h.name: {"demoweb": score} for h in hosts}
+    expanded = expand_plan(spec, hosts, updates, scores, now=NOW)
+    data = freeze(
+        expanded, spec, inventory_snapshot=inventory_snapshot(hosts, expanded), created_at=NOW
+    )
+    return spec, data
 
 
 def fill_store(path: Path, *, hostile: bool = False) -> tuple[Any, str, str]:
@@ -62,10 +97,10 @@ def fill_store(path: Path, *, hostile: bool = False) -> tuple[Any, str, str]:
     engine and the two run ids (healthy, broken)."""
     engine = open_store(db_url(str(path)))
     now = datetime.now(UTC)
-    spec, data = _frozen(5)
+    spec, data = _frozen(5, probability=0.03)
     healthy = start_run(engine, spec, data, inventory="inv", ops=_fleet(5), opts=_opts())
     assert healthy.status == RunState.SUCCEEDED
-    spec, data = _frozen(5, to="1.2-1")
+    spec, data = _frozen(5, to="1.2-1", probability=0.12)
     broken = start_run(
         engine, spec, data, inventory="inv", ops=_fleet(5, broken={"1.2-1"}), opts=_opts()
     )
@@ -144,6 +179,7 @@ def test_the_run_report_holds_the_timeline_evidence_hosts_and_risks(store) -> No
     assert [a["action"] for a in d["audit"]][:2] == ["apply", "rollback"]
     (risk,) = d["risk"]["updates"]
     assert risk["package"] == "demoweb" and risk["hosts"] == 5 and risk["reasons"]
+    assert (risk["risk"], risk["probability"]) == ("high", 0.12)
 
 
 def test_the_fleet_report_counts_what_the_store_holds(store) -> None:  # type: ignore[no-untyped-def]
@@ -164,7 +200,12 @@ def test_the_fleet_report_counts_what_the_store_holds(store) -> None:  # type: i
         12, abs=0.1
     )
     assert series["outstanding"][0] <= series["outstanding"][-1]
-    assert d["calibration"]["patches"] == 6  # 5 healthy, 1 rolled back; unscored here
+    cal = d["calibration"]
+    assert (cal["patches"], cal["scored"], cal["failed"]) == (6, 6, 1)  # 5 healthy, 1 rolled back
+    by_bin = {(b["low"], b["high"]): b for b in cal["bins"]}
+    assert (by_bin[(0.02, 0.05)]["n"], by_bin[(0.02, 0.05)]["observed"]) == (5, 0.0)
+    assert (by_bin[(0.10, 0.20)]["n"], by_bin[(0.10, 0.20)]["observed"]) == (1, 1.0)
+    assert cal["brier"] == pytest.approx((5 * 0.03**2 + (1 - 0.12) ** 2) / 6, abs=1e-4)
     # Only the newer run after --since.
     with session_scope(engine) as s:
         recent = fleet_report(s, since=datetime.now(UTC) - timedelta(days=1))
