@@ -42,7 +42,10 @@ def metrics(
     gateway = push or app.settings.metrics_pushgateway
     engine = app.engine()
     if directory:
-        path = write_textfile(engine, directory, pushgateway=gateway)
+        try:
+            path = write_textfile(engine, directory, pushgateway=gateway)
+        except OSError as exc:
+            raise BadInputError(f"metrics not written: {exc}") from exc
         info(f"metrics written to {path}" + (f" and pushed to {gateway}" if gateway else ""))
         return
     if gateway:

@@ -229,10 +229,20 @@ def write_textfile(
     return path
 
 
-def update_if_configured(engine: Engine, settings: Any) -> Path | None:
+def update_if_configured(engine: Engine, settings: Any = None) -> Path | None:
     """What a run calls as it goes (on finishing and on pausing): the textfile and the push
-    when the settings ask for them. A failure to write metrics never fails a run."""
+    when the settings ask for them (`settings` None: resolved from the config file and the
+    environment). A failure to write metrics never fails a run."""
     import logging
+
+    if settings is None:
+        from patchpilot.settings import load_settings
+
+        try:
+            settings = load_settings()
+        except Exception as exc:
+            logging.getLogger(__name__).warning("metrics not written: %s", exc)
+            return None
 
     directory = getattr(settings, "metrics_textfile_dir", None)
     gateway = getattr(settings, "metrics_pushgateway", None)

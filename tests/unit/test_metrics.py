@@ -122,11 +122,15 @@ def test_the_cli_writes_the_textfile_and_prints_the_exposition(
     _parse(capsys.readouterr().out)
 
 
-def test_a_run_updates_the_textfile_only_when_configured(store, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_a_run_updates_the_textfile_only_when_configured(
+    store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
     from patchpilot.settings import Settings
 
     engine, _, _ = store
     assert update_if_configured(engine, Settings()) is None
+    monkeypatch.setenv("PATCHPILOT_METRICS_TEXTFILE_DIR", str(tmp_path / "env"))
+    assert update_if_configured(engine) == tmp_path / "env" / TEXTFILE  # settings resolved
     written = update_if_configured(engine, Settings(metrics_textfile_dir=tmp_path / "tf"))
     assert written == tmp_path / "tf" / TEXTFILE and written.is_file()
     # A metrics failure never fails the run: an unwritable place is a warning.

@@ -328,3 +328,32 @@ def test_chromium_opens_both_reports_offline_with_their_plots_and_figures(
     assert float(got["kpis"]["time_to_recover_median_s"]) == k["time_to_recover_s"]["median"]
     chromium(fleet_html.as_uri(), f"--screenshot={tmp_path / 'fleet.png'}")
     assert (tmp_path / "fleet.png").stat().st_size > 10_000
+
+
+def test_text_drawn_in_a_chart_is_escaped_and_never_math() -> None:
+    from patchpilot.report import plots
+
+    batch = {
+        "controls": ["c1"],
+        "metrics": [
+            {
+                "key": "http.latency_ms",
+                "unit": "ms",
+                "verdict": "healthy",
+                "threshold": {"max": 10.0},
+                "control": [1.0, 2.0, 3.0],
+                "hosts": [
+                    {
+                        "host": "<b onload=x>&$x^2$",
+                        "verdict": "healthy",
+                        "after": [1.0, 2.0, 3.0],
+                        "baseline": [1.0],
+                        "baseline_median": 1.0,
+                    }
+                ],
+            }
+        ],
+    }
+    ((key, svg),) = plots.evidence(batch)
+    assert key == "http.latency_ms" and svg.startswith("<svg")
+    assert "<b onload" not in svg and "&lt;b onload=x&gt;&amp;$x^2$" in svg
