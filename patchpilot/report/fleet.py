@@ -66,6 +66,7 @@ def fleet_report(
     states = q.host_state_counts(session, ids)
     steps = q.timed_steps(session, ids)
     verdicts = q.verdict_rows(session, ids)
+    plans = q.planned_updates(session, ids)  # each frozen plan read once: the costly part
 
     real = [r for r in runs if not r.check_mode and r.status not in NOT_REAL]
     finished = [r for r in real if r.status in FINISHED]
@@ -132,8 +133,8 @@ def fleet_report(
             "time_to_detect_s": [round(x, 3) for x in ttd],
             "time_to_recover_s": [round(x, 3) for x in ttr],
         },
-        "compliance": compliance_over_time(session, runs, now=now, since=since),
-        "calibration": calibration(session, real_ids),
+        "compliance": compliance_over_time(session, runs, plans, now=now, since=since),
+        "calibration": calibration(session, real_ids, plans),
     }
 
 
@@ -205,7 +206,12 @@ def _series_key(group: str, os_release: str) -> str:
 
 
 def compliance_over_time(
-    session: Session, runs: Sequence[q.RunRow], *, now: datetime, since: datetime | None
+    session: Session,
+    runs: Sequence[q.RunRow],
+    plans: dict[str, list[dict[str, Any]]],
+    *,
+    now: datetime,
+    since: datetime | None,
 ) -> dict[str, Any]:
     """Per (group, OS release), at evenly spaced moments: security updates outstanding on its
     hosts and the age in days of the oldest (see the module's note on what it counts)."""
@@ -215,7 +221,6 @@ def compliance_over_time(
         (u.host, u.since, None) for u in q.pending_security(session)
     ]
     ids = {r.id for r in runs}
-    plans = q.planned_updates(session, ids)
     patched = {(run, host): (state, at) for run, host, state, at in q.patched_hosts(session, ids)}
     evaluated = {r.id: r.started_at for r in runs}
     for run_id, hosts in plans.items():
@@ -283,10 +288,11 @@ def _moments(start: datetime, end: datetime) -> list[datetime]:
     return out
 
 
-def calibration(session: Session, real_ids: set[str]) -> dict[str, Any]:
+def calibration(
+    session: Session, real_ids: set[str], plans: dict[str, list[dict[str, Any]]]
+) -> dict[str, Any]:
     """Each patch a run recorded, with the regression probability its plan gave the update,
     binned: the mean predicted probability against the share that went wrong."""
-    plans = q.planned_updates(session, real_ids)
     outcomes = q.outcomes_by_run(session, real_ids)
     pairs: list[tuple[float, bool]] = []
     unscored = 0

@@ -161,9 +161,12 @@ def outcomes_by_run(session: Session, run_ids: set[str]) -> dict[str, list[tuple
 def planned_updates(session: Session, run_ids: set[str]) -> dict[str, list[dict[str, Any]]]:
     """Per run: its frozen plan's hosts, each with its updates (security flag, risk score)."""
     out: dict[str, list[dict[str, Any]]] = {}
-    for run_id, plan in session.exec(select(Run.id, Run.plan)):
+    # Only the plan's hosts leave the database: the rest of a frozen plan (its spec and
+    # inventory snapshot) is most of its size.
+    hosts = col(Run.plan)["expansion"]["hosts"]
+    for run_id, planned in session.execute(columns(col(Run.id), hosts)):
         if run_id in run_ids:
-            out[run_id] = list((plan.get("expansion") or {}).get("hosts") or [])
+            out[run_id] = list(planned or [])
     return out
 
 
