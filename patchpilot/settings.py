@@ -60,6 +60,10 @@ class Settings(BaseSettings):
     """Risk probability from which a pending update is 'medium' (canary strategy)."""
     risk_high: float = 0.10
     """Risk probability from which a pending update is 'high' (manual review)."""
+    metrics_textfile_dir: Path | None = None
+    """Where `apply` keeps node_exporter's textfile (patchpilot.prom) up to date; unset: off."""
+    metrics_pushgateway: str | None = None
+    """A Prometheus Pushgateway URL the metrics are also pushed to; unset: off."""
 
     @field_validator("db")
     @classmethod

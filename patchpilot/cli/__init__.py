@@ -16,7 +16,9 @@ from patchpilot.cli import config as config_cmd
 from patchpilot.cli import inventory as inventory_cmd
 from patchpilot.cli import lab as lab_cmd
 from patchpilot.cli import locks as locks_cmd
+from patchpilot.cli import metrics as metrics_cmd
 from patchpilot.cli import patches as patches_cmd
+from patchpilot.cli import report as report_cmd
 from patchpilot.cli import risk as risk_cmd
 from patchpilot.cli import runs as runs_cmd
 from patchpilot.cli.context import AppState
@@ -44,6 +46,8 @@ app.command("rollback")(apply_cmd.rollback)
 app.add_typer(runs_cmd.app, name="runs")
 app.add_typer(locks_cmd.app, name="locks")
 app.command("compliance")(patches_cmd.compliance)
+app.command("report")(report_cmd.report)
+app.command("metrics")(metrics_cmd.metrics)
 app.add_typer(lab_cmd.app, name="lab")
 app.add_typer(config_cmd.app, name="config")
 

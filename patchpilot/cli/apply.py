@@ -104,7 +104,13 @@ def _options(ctx: typer.Context, *, check: bool, yes: bool) -> ApplyOptions:
             shown = " ".join(hosts[:6]) + (f" +{len(hosts) - 6}" if len(hosts) > 6 else "")
             status.update(f"{stage} {batch} [bold]{step}[/] {shown}".strip())
 
+    def on_state(engine: Any) -> None:
+        from patchpilot.report.metrics import update_if_configured
+
+        update_if_configured(engine, state(ctx).settings)
+
     return ApplyOptions(
+        on_state=on_state,
         check=check,
         interactive=interactive,
         confirm=confirm if interactive and not yes else None,

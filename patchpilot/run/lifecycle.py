@@ -67,6 +67,8 @@ class ApplyOptions:
     )
     now: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
     sleep: Callable[[float], None] = time.sleep
+    # Called with the store when the run ends or pauses (the CLI updates the metrics).
+    on_state: Callable[[Engine], None] = field(default=lambda _engine: None)
 
 
 @dataclass
@@ -313,6 +315,7 @@ def pause(
         _accept_patched(ctx, reason)
         return None
     ctx.journal.pause(reason, stage=stage, batch=batch)
+    ctx.opts.on_state(ctx.journal.engine)
     return RunSummary(
         ctx.run_id,
         RunState.PAUSED,
@@ -334,6 +337,7 @@ def finish(ctx: RunCtx, event: RunEvent, message: str) -> RunSummary:
     """The run's end: its state, exit code and message, its locks freed, its audit."""
     code = decide.exit_code(event)
     status = ctx.journal.end(event, message=message, exit_code=code)
+    ctx.opts.on_state(ctx.journal.engine)
     ctx.say(message)
     return RunSummary(ctx.run_id, status, code, message, ctx.journal.states())
 

@@ -161,3 +161,52 @@ def compliance(
 
 def _aware(dt: datetime) -> datetime:
     return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
+
+
+def update_age_days(update: PendingUpdate, now: datetime) -> int:
+    """Days since the update came out (its changelog date), else since patchpilot first saw
+    it: the age compliance counts."""
+    return (now - _aware(update.changelog_date or update.first_seen)).days
+
+
+def compliance_export(*, session: Session, now: datetime | None = None) -> list[dict[str, Any]]:
+    """`compliance --csv`: one row per host and missing security update (one row with empty
+    update columns for a compliant host), with the host's groups, OS, last boot and
+    reachability, and the update's CVE ids, urgency, origin and age."""
+    now = now or datetime.now(UTC)
+    security: dict[int, list[PendingUpdate]] = {}
+    stmt = select(PendingUpdate).where(col(PendingUpdate.security).is_(True))
+    for u in session.exec(stmt.order_by(col(PendingUpdate.package))):
+        security.setdefault(u.host_id, []).append(u)
+    rows: list[dict[str, Any]] = []
+    for host in session.exec(select(Host).order_by(col(Host.name))):
+        base = {
+            "host": host.name,
+            "groups": " ".join(host.groups),
+            "os": os_label(host),
+            "reachable": host.reachable,
+            "last_seen": host.last_seen,
+            "last_boot": host.boot_time,
+            "reboot_required": host.reboot_required,
+        }
+        updates = security.get(host.id or 0, [])
+        if not updates:
+            rows.append({**base, "compliant": True})
+        for u in updates:
+            rows.append(
+                {
+                    **base,
+                    "compliant": False,
+                    "package": u.package,
+                    "source": u.source,
+                    "installed_version": u.installed_version,
+                    "candidate_version": u.candidate_version,
+                    "origin": u.origin,
+                    "urgency": u.urgency,
+                    "cve_ids": list(u.cve_ids),
+                    "age_days": update_age_days(u, now),
+                    "first_seen": u.first_seen,
+                    "changelog_date": u.changelog_date,
+                }
+            )
+    return rows
