@@ -21,7 +21,7 @@ def _t(d: datetime | None) -> str:
 @app.command("list")
 def list_(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     """Every host lock: its run, process, controller, lease and whether it is live."""
-    from patchpilot.run.journal import list_locks
+    from patchpilot.run.locks import list_locks
 
     rows = list_locks(state(ctx).engine())
     if as_json:
@@ -65,7 +65,7 @@ def release(
     ] = False,
 ) -> None:
     """Release host locks left behind; live ones only with --force. Audited."""
-    from patchpilot.run.journal import release_locks_by_hand
+    from patchpilot.run.locks import release_locks_by_hand
 
     released = release_locks_by_hand(
         state(ctx).engine(), hosts=hosts or [], run_id=run_id, force=force

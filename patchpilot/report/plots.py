@@ -16,6 +16,9 @@ from typing import Any
 
 import matplotlib
 
+from patchpilot.health.types import Verdict
+from patchpilot.run.states import RunState
+
 matplotlib.use("svg")
 
 from matplotlib import rcParams
@@ -34,23 +37,23 @@ rcParams.update(
     }
 )
 
-VERDICT_COLOURS = {
-    "healthy": "#2e7d32",
-    "inconclusive": "#f9a825",
-    "degraded": "#ef6c00",
-    "unhealthy": "#c62828",
+VERDICT_COLOURS: dict[str | None, str] = {
+    Verdict.HEALTHY.label: "#2e7d32",
+    Verdict.INCONCLUSIVE.label: "#f9a825",
+    Verdict.DEGRADED.label: "#ef6c00",
+    Verdict.UNHEALTHY.label: "#c62828",
     None: "#90a4ae",
 }
-STATUS_COLOURS = {
-    "succeeded": "#2e7d32",
-    "partial": "#f9a825",
-    "failed": "#c62828",
-    "aborted": "#6d4c41",
-    "paused": "#1565c0",
-    "running": "#90a4ae",
-    "check": "#b0bec5",
-    "check_failed": "#78909c",
-    "refused": "#cfd8dc",
+STATUS_COLOURS: dict[str, str] = {
+    RunState.SUCCEEDED: "#2e7d32",
+    RunState.PARTIAL: "#f9a825",
+    RunState.FAILED: "#c62828",
+    RunState.ABORTED: "#6d4c41",
+    RunState.PAUSED: "#1565c0",
+    RunState.RUNNING: "#90a4ae",
+    RunState.CHECK: "#b0bec5",
+    RunState.CHECK_FAILED: "#78909c",
+    RunState.REFUSED: "#cfd8dc",
 }
 MARK_COLOURS = {
     "pause": "#1565c0",

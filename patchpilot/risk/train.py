@@ -26,10 +26,11 @@ from patchpilot.risk.model import (
     make_history,
     model_metadata,
 )
+from patchpilot.run.states import Outcome
 
 VALIDATION_DAYS = 365
-FAILED_OUTCOMES = frozenset({"health_failed", "install_failed", "rolled_back"})
-OUTCOMES = frozenset({"healthy", *FAILED_OUTCOMES})
+FAILED_OUTCOMES = frozenset({Outcome.HEALTH_FAILED, Outcome.INSTALL_FAILED, Outcome.ROLLED_BACK})
+OUTCOMES = frozenset(Outcome)
 
 
 @dataclass(frozen=True)

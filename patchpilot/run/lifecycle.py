@@ -26,13 +26,11 @@ from patchpilot.plan.spec import PlanSpec
 from patchpilot.plan.window import in_window, next_window
 from patchpilot.run import decide
 from patchpilot.run.ids import new_run_id
-from patchpilot.run.journal import (
+from patchpilot.run.journal import Journal, create_run, load_run
+from patchpilot.run.locks import (
     Heartbeat,
-    Journal,
     RunLocked,
     acquire_locks,
-    create_run,
-    load_run,
     release_locks,
     run_live,
     who,

@@ -142,6 +142,14 @@ FINISHED = frozenset(
 )
 
 
+class LockState(StrEnum):
+    """A host lock as `locks list` shows it."""
+
+    LIVE = "live"
+    STALE = "stale"
+    PAUSED = "paused"  # held for a paused run until approve or abort
+
+
 class StepState(StrEnum):
     """A journal step (RunStep.state): written STARTED before it runs, then DONE or FAILED."""
 

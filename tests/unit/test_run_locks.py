@@ -17,8 +17,8 @@ import pytest
 from sqlmodel import select
 
 from patchpilot.errors import BadInputError, PatchpilotError
-from patchpilot.run import journal
-from patchpilot.run.journal import (
+from patchpilot.run import journal, locks
+from patchpilot.run.locks import (
     RunLocked,
     acquire_locks,
     list_locks,
@@ -144,7 +144,7 @@ def test_the_heartbeat_renews_this_processes_leases(tmp_path: Path) -> None:
     with session_scope(engine) as s:
         after = {lk.host: lk.expires_at for lk in s.exec(select(HostLock))}
     assert all(after[h] is not None and after[h] >= before[h] for h in before)  # type: ignore[operator]
-    with journal.Heartbeat(engine, "r-1", every=0.05):
+    with locks.Heartbeat(engine, "r-1", every=0.05):
         import time
 
         time.sleep(0.3)
