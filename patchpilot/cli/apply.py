@@ -105,9 +105,11 @@ def _options(ctx: typer.Context, *, check: bool, yes: bool) -> ApplyOptions:
             status.update(f"{stage} {batch} [bold]{step}[/] {shown}".strip())
 
     def on_state(engine: Any) -> None:
-        from patchpilot.report.metrics import update_if_configured
+        settings = state(ctx).settings
+        if settings.metrics_textfile_dir or settings.metrics_pushgateway:
+            from patchpilot.report.metrics import update_if_configured
 
-        update_if_configured(engine, state(ctx).settings)
+            update_if_configured(engine, settings)
 
     return ApplyOptions(
         on_state=on_state,

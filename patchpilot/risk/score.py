@@ -24,7 +24,8 @@ from patchpilot.risk.model import (
     design_matrix,
     shipped_model,
 )
-from patchpilot.risk.train import OUTCOMES, FleetOutcome, history_for, train_fleet
+from patchpilot.risk.outcomes import record_outcome as record_outcome  # its home before
+from patchpilot.risk.train import FleetOutcome, history_for, train_fleet
 from patchpilot.risk.types import RiskLevel, RiskScore
 from patchpilot.store.models import Host, PatchOutcome, PendingUpdate, RiskModelRecord
 
@@ -321,38 +322,6 @@ def score_pending(
         )
         for (u, name), s in zip(rows, scores, strict=True)
     ], version
-
-
-def record_outcome(
-    session: Session,
-    *,
-    run_id: str | None,
-    host: str,
-    update: PendingUpdate,
-    outcome: str,
-    when: datetime | None = None,
-) -> PatchOutcome:
-    """One patch's result on one host, as evidence for the next `risk train`."""
-    if outcome not in OUTCOMES:
-        raise ValueError(f"unknown outcome {outcome!r}")
-    row = PatchOutcome(
-        run_id=run_id,
-        host=host,
-        package=update.package,
-        source=update.source,
-        arch=update.arch,
-        from_version=update.installed_version,
-        to_version=update.candidate_version,
-        outcome=outcome,
-        recorded_at=when or datetime.now(UTC),
-        cves=len(update.cve_ids or []),
-        urgency=update.urgency,
-        changelog_entries=update.changelog_entries,
-        upstream_changed=update.upstream_changed,
-        reboot_needed=update.reboot_needed,
-    )
-    session.add(row)
-    return row
 
 
 def train_and_store(session: Session, *, until: date | None = None) -> RiskModelRecord:

@@ -315,7 +315,7 @@ class Journal:
         """The fleet's evidence for `risk train`: one outcome per host and package, with
         the changelog facts gathered for each (package, version), through the risk model's
         own `record_outcome`."""
-        from patchpilot.risk.score import record_outcome
+        from patchpilot.risk.outcomes import record_outcome
 
         rows = [self.hosts[h] for h in outcomes]
         with session_scope(self.engine) as s:
