@@ -246,7 +246,7 @@ def gather(
     inventory: str | Path,
     *,
     limit: str | None = None,
-    forks: int = 10,
+    forks: int | None = None,
     refresh: bool = True,
     on_host_done: Callable[[str, str], None] | None = None,
     on_start: Callable[[int], None] | None = None,
@@ -269,7 +269,7 @@ def gather(
                 f"no host of {inventory} matches {limit!r}",
                 hint=f"hosts there: {', '.join(sorted(inv_hosts)[:10])}",
             )
-    if forks < 1:
+    if forks is not None and forks < 1:
         raise BadInputError("--forks must be at least 1")
     engine = engine_factory()
     with session_scope(engine) as s:

@@ -56,11 +56,20 @@ def build_plan(
     thresholds: Thresholds,
     now: datetime | None = None,
     raw: bytes | None = None,
+    limit: str | None = None,
 ) -> BuiltPlan:
+    """The plan for the hosts its targets.pattern selects (narrowed by `limit`, an Ansible
+    host pattern as for --limit), expanded and frozen."""
     spec = load_plan(plan_path, raw=raw)
     now = now or datetime.now(UTC)
-    names = executor.match_hosts(inventory, spec.targets.pattern)
+    names = executor.match_hosts(inventory, spec.targets.pattern, limit=limit)
     if not names:
+        if limit is not None:
+            raise BadInputError(
+                f"no host of {inventory} is both in the plan's targets "
+                f"{spec.targets.pattern!r} and in --limit {limit!r}",
+                hint="check both patterns against `ansible-inventory -i INVENTORY --graph`",
+            )
         raise BadInputError(
             f"pattern {spec.targets.pattern!r} of plan {spec.name!r} matches no host in "
             f"{inventory}",
@@ -133,6 +142,7 @@ def build_plan(
         spec,
         inventory_snapshot=inventory_snapshot(hosts, expanded),
         created_at=now,
+        limit=limit,
     )
     return BuiltPlan(spec, expanded, frozen, not_gathered, model)
 

@@ -18,6 +18,7 @@ from patchpilot.cli import lab as lab_cmd
 from patchpilot.cli import locks as locks_cmd
 from patchpilot.cli import metrics as metrics_cmd
 from patchpilot.cli import patches as patches_cmd
+from patchpilot.cli import plans as plans_cmd
 from patchpilot.cli import report as report_cmd
 from patchpilot.cli import risk as risk_cmd
 from patchpilot.cli import runs as runs_cmd
@@ -39,6 +40,7 @@ app.add_typer(inventory_cmd.app, name="inventory")
 app.add_typer(patches_cmd.app, name="patches")
 app.add_typer(risk_cmd.app, name="risk")
 app.command("plan")(apply_cmd.plan)
+app.add_typer(plans_cmd.app, name="plans")
 app.command("apply")(apply_cmd.apply)
 app.command("approve")(apply_cmd.approve)
 app.command("abort")(apply_cmd.abort)

@@ -11,6 +11,17 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from patchpilot.cli.access import (
+    AcceptNewOpt,
+    AskBecomeOpt,
+    AskVaultOpt,
+    BecomeOpt,
+    ForksOpt,
+    LimitOpt,
+    VaultFileOpt,
+    VaultIdOpt,
+    setup_access,
+)
 from patchpilot.cli.context import risk_thresholds, state
 from patchpilot.cli.inventory import JsonOpt
 from patchpilot.console import err_console, info, print_json
@@ -37,20 +48,48 @@ def _next_window(spec: Any, now: datetime) -> str:
 
 def plan(
     ctx: typer.Context,
-    plan_file: Annotated[Path, typer.Argument(help="The plan (YAML).", metavar="PLAN.yml")],
+    plan_arg: Annotated[
+        str,
+        typer.Argument(
+            help="A plan file (YAML), or a shipped plan's name (see `patchpilot plans list`).",
+            metavar="PLAN",
+        ),
+    ],
     inventory: InventoryOpt,
     out: Annotated[
         Path | None, typer.Option("--out", help="Write the frozen plan that `apply` executes.")
     ] = None,
     as_json: JsonOpt = False,
+    limit: LimitOpt = None,
+    become: BecomeOpt = None,
+    ask_become_pass: AskBecomeOpt = False,
+    vault_id: VaultIdOpt = None,
+    vault_password_file: VaultFileOpt = None,
+    ask_vault_pass: AskVaultOpt = False,
+    forks: ForksOpt = None,
 ) -> None:
     """Show exactly what a plan would do on this fleet, and how it would be undone."""
     from patchpilot.plan.frozen import write_frozen
     from patchpilot.planning import build_plan
+    from patchpilot.resources import resolve_plan
 
+    plan_file = resolve_plan(plan_arg)
+    setup_access(
+        become=become,
+        ask_become_pass=ask_become_pass,
+        vault_id=vault_id,
+        vault_password_file=vault_password_file,
+        ask_vault_pass=ask_vault_pass,
+        forks=forks,
+    )
     now = datetime.now(UTC)
     built = build_plan(
-        state(ctx).engine(), plan_file, inventory, thresholds=risk_thresholds(ctx), now=now
+        state(ctx).engine(),
+        plan_file,
+        inventory,
+        thresholds=risk_thresholds(ctx),
+        now=now,
+        limit=limit,
     )
     if out is not None:
         try:
@@ -69,12 +108,18 @@ def plan(
                 "not_gathered": built.not_gathered,
                 "risk_model": built.model,
                 "frozen_plan": str(out) if out else None,
+                "limit": limit,
             }
         )
         return
     from patchpilot.cli.render import render_plan
 
-    render_plan(built.frozen["expansion"], window=_next_window(built.spec, now), model=built.model)
+    render_plan(
+        built.frozen["expansion"],
+        window=_next_window(built.spec, now),
+        model=built.model,
+        limit=limit,
+    )
     for name in built.not_gathered:
         info(f"warning: {name} is in the inventory but was never gathered: not planned")
     if out is not None:
@@ -157,9 +202,12 @@ def _exit(summary: RunSummary) -> None:
 
 def apply(
     ctx: typer.Context,
-    plan_file: Annotated[
-        Path | None,
-        typer.Argument(help="A plan (YAML) or a frozen plan (JSON).", metavar="PLAN"),
+    plan_arg: Annotated[
+        str | None,
+        typer.Argument(
+            help="A plan file (YAML), a shipped plan's name, or a frozen plan (JSON).",
+            metavar="PLAN",
+        ),
     ] = None,
     inventory: Annotated[
         Path | None, typer.Option("-i", "--inventory", help="Ansible inventory.")
@@ -173,10 +221,36 @@ def apply(
     resume: Annotated[
         str | None, typer.Option("--resume", help="Continue an interrupted run.", metavar="RUN_ID")
     ] = None,
+    limit: LimitOpt = None,
+    become: BecomeOpt = None,
+    ask_become_pass: AskBecomeOpt = False,
+    vault_id: VaultIdOpt = None,
+    vault_password_file: VaultFileOpt = None,
+    ask_vault_pass: AskVaultOpt = False,
+    accept_new_host_keys: AcceptNewOpt = False,
+    forks: ForksOpt = None,
 ) -> None:
     """Patch the fleet wave by wave; roll back what breaks; pause when the evidence is unclear."""
     from patchpilot.planfile import is_frozen, read_plan_file
+    from patchpilot.resources import resolve_plan
 
+    plan_file = resolve_plan(plan_arg) if plan_arg is not None and resume is None else None
+    if plan_arg is not None and resume is not None:
+        raise BadInputError("give either a plan or --resume RUN_ID, not both")
+    if limit is not None and resume is not None:
+        raise BadInputError(
+            "--limit cannot change the hosts of a run being resumed",
+            hint="resume it as it is, or abort it and start a new run with --limit",
+        )
+    setup_access(
+        become=become,
+        ask_become_pass=ask_become_pass,
+        vault_id=vault_id,
+        vault_password_file=vault_password_file,
+        ask_vault_pass=ask_vault_pass,
+        accept_new_host_keys=accept_new_host_keys,
+        forks=forks,
+    )
     # The plan is read once: the warm start and the validation see the same bytes.
     raw = read_plan_file(plan_file) if plan_file is not None and resume is None else None
     warm, run_id = None, None
@@ -192,6 +266,7 @@ def apply(
             ctx,
             plan_file,
             inventory,
+            limit=limit,
             check=check,
             yes=yes,
             resume=resume,
@@ -209,6 +284,7 @@ def _apply(
     plan_file: Path | None,
     inventory: Path | None,
     *,
+    limit: str | None,
     check: bool,
     yes: bool,
     resume: str | None,
@@ -246,6 +322,12 @@ def _apply(
 
         frozen = load_frozen(plan_file, raw_bytes=raw)
         verify_signature(plan_file, frozen.data, plan_key(engine))
+        if limit is not None and limit != frozen.limit:
+            made = f"--limit {frozen.limit!r}" if frozen.limit else "no --limit"
+            raise BadInputError(
+                f"{plan_file}: a frozen plan's hosts are fixed (it was made with {made})",
+                hint=f"freeze it again: patchpilot plan PLAN -i INVENTORY --limit {limit!r} --out",
+            )
         moved = moved_since_planned(engine, frozen.plan)
         if moved:
             raise BadInputError(
@@ -256,14 +338,17 @@ def _apply(
         spec, data = frozen.spec, frozen.data
         info(f"frozen plan {spec.name} (sha256 {frozen.sha256[:16]}...), made {frozen.created_at}")
     else:
-        built = build_plan(engine, plan_file, inventory, thresholds=risk_thresholds(ctx), raw=raw)
+        built = build_plan(
+            engine, plan_file, inventory, thresholds=risk_thresholds(ctx), raw=raw, limit=limit
+        )
         spec, data = built.spec, built.frozen
     n_hosts = len(data["expansion"]["hosts"])
     n_updates = sum(len(h["updates"]) for h in data["expansion"]["hosts"])
     stages = ", ".join(
         f"{s['name']} ({sum(len(b) for b in s['batches'])})" for s in data["expansion"]["stages"]
     )
-    info(f"plan {spec.name}: {n_hosts} hosts, {n_updates} updates; stages: {stages}")
+    limited = f" (--limit {data['limit']})" if data.get("limit") else ""
+    info(f"plan {spec.name}: {n_hosts} hosts{limited}, {n_updates} updates; stages: {stages}")
     if not check and not yes:
         if opts.confirm is None:
             raise BadInputError(
@@ -296,11 +381,27 @@ def approve(
     reason: Annotated[
         str | None, typer.Option("--reason", help="Why: recorded in the audit log.")
     ] = None,
+    become: BecomeOpt = None,
+    ask_become_pass: AskBecomeOpt = False,
+    vault_id: VaultIdOpt = None,
+    vault_password_file: VaultFileOpt = None,
+    ask_vault_pass: AskVaultOpt = False,
+    accept_new_host_keys: AcceptNewOpt = False,
+    forks: ForksOpt = None,
 ) -> None:
     """Approve a paused run and continue it."""
     from patchpilot.ops.fleetops import AnsibleOps
     from patchpilot.run.lifecycle import load_run, resume_run
 
+    setup_access(
+        become=become,
+        ask_become_pass=ask_become_pass,
+        vault_id=vault_id,
+        vault_password_file=vault_password_file,
+        ask_vault_pass=ask_vault_pass,
+        accept_new_host_keys=accept_new_host_keys,
+        forks=forks,
+    )
     engine = state(ctx).engine()
     run = load_run(engine, run_id)
     from patchpilot.run.states import RunState
@@ -349,14 +450,42 @@ def rollback(
     reason: Annotated[
         str | None, typer.Option("--reason", help="Why: recorded in the audit log.")
     ] = None,
+    limit: LimitOpt = None,
+    become: BecomeOpt = None,
+    ask_become_pass: AskBecomeOpt = False,
+    vault_id: VaultIdOpt = None,
+    vault_password_file: VaultFileOpt = None,
+    ask_vault_pass: AskVaultOpt = False,
+    accept_new_host_keys: AcceptNewOpt = False,
+    forks: ForksOpt = None,
 ) -> None:
     """Roll back hosts a run patched, in reverse deploy order, and verify them."""
     from patchpilot.ops.fleetops import AnsibleOps
     from patchpilot.run.lifecycle import load_run, rollback_run
 
+    setup_access(
+        become=become,
+        ask_become_pass=ask_become_pass,
+        vault_id=vault_id,
+        vault_password_file=vault_password_file,
+        ask_vault_pass=ask_vault_pass,
+        accept_new_host_keys=accept_new_host_keys,
+        forks=forks,
+    )
     engine = state(ctx).engine()
     run = load_run(engine, run_id)
     names = [h.strip() for h in hosts.split(",") if h.strip()] if hosts else None
+    if limit is not None:
+        from patchpilot.ops.executor import match_hosts
+
+        matched = set(match_hosts(inventory or run.inventory, "all", limit=limit))
+        run_hosts = [h["name"] for h in run.plan["expansion"]["hosts"]]
+        names = [n for n in (names or run_hosts) if n in matched]
+        if not names:
+            raise BadInputError(
+                f"--limit {limit!r} selects none of the hosts run {run_id} patched",
+                hint=f"see them with `patchpilot runs show {run_id}`",
+            )
     opts = _options(ctx, check=False, yes=True)
     summary = rollback_run(
         engine,
@@ -365,6 +494,7 @@ def rollback(
         ops=AnsibleOps(inventory or run.inventory),
         opts=opts,
         reason=reason,
+        limit=limit,
     )
     info(summary.message)
     if summary.exit_code != ExitCode.OK:

@@ -7,6 +7,16 @@ from typing import Annotated
 
 import typer
 
+from patchpilot.cli.access import (
+    AcceptNewOpt,
+    AskBecomeOpt,
+    AskVaultOpt,
+    BecomeOpt,
+    ForksOpt,
+    LimitOpt,
+    VaultFileOpt,
+    VaultIdOpt,
+)
 from patchpilot.cli.context import state
 from patchpilot.console import HostProgress, console, info, print_json, print_table
 from patchpilot.errors import BadInputError, ExitCode
@@ -23,15 +33,29 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output."
 def gather(
     ctx: typer.Context,
     inventory: InventoryOpt,
-    limit: Annotated[
-        str | None, typer.Option("--limit", "-l", help="Ansible host pattern.")
-    ] = None,
-    forks: Annotated[int, typer.Option("--forks", "-f", min=1, help="Hosts in parallel.")] = 10,
+    limit: LimitOpt = None,
+    forks: ForksOpt = None,
     refresh: Annotated[bool, typer.Option(help="Refresh package lists on the hosts first.")] = True,
+    become: BecomeOpt = None,
+    ask_become_pass: AskBecomeOpt = False,
+    vault_id: VaultIdOpt = None,
+    vault_password_file: VaultFileOpt = None,
+    ask_vault_pass: AskVaultOpt = False,
+    accept_new_host_keys: AcceptNewOpt = False,
 ) -> None:
     """Gather OS facts, packages, services and pending updates (with changelog facts)."""
+    from patchpilot.cli.access import setup_access
     from patchpilot.inventory import gather as gather_facts
 
+    setup_access(
+        become=become,
+        ask_become_pass=ask_become_pass,
+        vault_id=vault_id,
+        vault_password_file=vault_password_file,
+        ask_vault_pass=ask_vault_pass,
+        accept_new_host_keys=accept_new_host_keys,
+        forks=forks,
+    )
     st = state(ctx)
     st.settings  # noqa: B018  (settings errors before anything runs)
     bar = HostProgress("gathering")
@@ -40,7 +64,6 @@ def gather(
             st.engine,
             inventory,
             limit=limit,
-            forks=forks,
             refresh=refresh,
             on_start=bar.start,
             on_host_done=bar.advance,

@@ -12,7 +12,9 @@ from patchpilot.console import console, print_table
 from patchpilot.health.types import Verdict
 
 
-def render_plan(expansion: dict[str, Any], *, window: str, model: str) -> None:
+def render_plan(
+    expansion: dict[str, Any], *, window: str, model: str, limit: str | None = None
+) -> None:
     """stages -> batches -> hosts, their updates with versions and risk, what is left out,
     the failure budget, the window, and the rollback sequence."""
     from rich.tree import Tree
@@ -21,6 +23,8 @@ def render_plan(expansion: dict[str, Any], *, window: str, model: str) -> None:
     title = f"plan {expansion['plan']}" + (
         "  [bold red]EMERGENCY[/]" if expansion["emergency"] else ""
     )
+    if limit is not None:
+        title += f"  --limit {escape(limit)}"
     tree = Tree(title)
     for st in expansion["stages"]:
         s = st["settings"]
@@ -112,7 +116,8 @@ def render_run(d: dict[str, Any]) -> None:
     )
     # What hosts, apt and operators wrote is printed as text, never read as Rich markup.
     console.print(
-        f"started {d['started_at']} by {d['user']}; finished {d['finished_at'] or '-'}",
+        f"started {d['started_at']} by {d['user']}; finished {d['finished_at'] or '-'}; "
+        f"inventory {d['inventory']}" + (f" --limit {d['limit']}" if d.get("limit") else ""),
         markup=False,
     )
     if d["message"]:

@@ -391,7 +391,7 @@ def collect(
     *,
     inventory: str | Path,
     since: float | None = None,
-    forks: int = 10,
+    forks: int | None = None,
 ) -> dict[str, list[Measurement]]:
     """Run the checks on hosts (one ansible-runner run for all of them, plus controller-side
     queries) and return each host's Measurements. Unreachable hosts fail their ssh check."""

@@ -23,21 +23,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from patchpilot.errors import BadInputError, LabError
-from patchpilot.lab import image, network, repo
+from patchpilot.lab import access, image, network, repo
 from patchpilot.lab.hosts import (
-    CLI_SSH_OPTIONS,
     DEFAULT_GROUPS,
     DEFAULT_RELEASE,
     INVENTORY_HEADER,
     LOCK_UNIT,
     RESERVED_GROUPS,
-    SSH_OPTIONS,
     HostSpec,
     HostStatus,
     LabHost,
     Progress,
     UpResult,
     _written_by_lab,
+    cli_ssh_options,
     parse_fleet,
     write_inventory,
 )
@@ -59,13 +58,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "CLI_SSH_OPTIONS",
     "DEFAULT_GROUPS",
     "DEFAULT_RELEASE",
     "INVENTORY_HEADER",
     "LOCK_UNIT",
     "RESERVED_GROUPS",
-    "SSH_OPTIONS",
     "HostSpec",
     "HostStatus",
     "Lab",
@@ -87,6 +84,10 @@ class Lab:
         self.bridge_ip = str(network.bridge_address(self.net))
         self.repo_dir = self.dir / "repo"
         self.key = self.dir / "ssh" / "id_ed25519"
+        # The hosts' SSH keys, as `up` made them: what every connection to a host checks.
+        self.known_hosts = self.dir / "ssh" / "known_hosts"
+        # The lab user's sudo password (image.LAB_USER), made once per lab.
+        self.user_password_file = self.dir / "ssh" / f"{image.LAB_USER}.password"
         self.progress: Progress = progress or (lambda msg: log.info("%s", msg))
 
     # ---- state --------------------------------------------------------------------------
@@ -174,8 +175,8 @@ class Lab:
         for change in ensure_kernel_limits():
             self.progress(f"raised kernel limit {change}")
         self.progress(f"booting {len(wanted)} hosts")
-        for h in wanted:
-            self._prepare_host(h, bases[h.release])
+        host_keys = [self._prepare_host(h, bases[h.release]) for h in wanted]
+        self._write_known_hosts(wanted, host_keys)
         self._save_state(wanted, inventory)
         for h in wanted:
             if not self.is_running(h):
@@ -186,16 +187,21 @@ class Lab:
         t = time.monotonic()
         self.refresh_apt(wanted)
         timings["apt_update"] = time.monotonic() - t
-        write_inventory(inventory, wanted, self.key)
+        write_inventory(inventory, wanted, self.key, self.known_hosts)
         self._save_state(wanted, inventory)
         timings["total"] = time.monotonic() - t0
         return UpResult(wanted, inventory, timings, published)
 
     def _ensure_key(self) -> None:
-        if self.key.exists():
-            return
-        self.key.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        _ssh_keygen(self.key, "patchpilot-lab")
+        access.ensure_key(self.key, self.user_password_file)
+
+    @property
+    def user_password(self) -> str:
+        """The sudo password of the lab's non-root user."""
+        return self.user_password_file.read_text().strip()
+
+    def _write_known_hosts(self, hosts: list[LabHost], keys: list[str]) -> None:
+        access.write_known_hosts(self.known_hosts, [h.address for h in hosts], keys)
 
     def _ensure_repo(self, bases: dict[str, Path], with_debian_updates: bool) -> list[str]:
         from patchpilot.lab import demo
@@ -234,7 +240,8 @@ class Lab:
         )
         log.debug("repo server pid %s", pid)
 
-    def _prepare_host(self, h: LabHost, base: Path) -> None:
+    def _prepare_host(self, h: LabHost, base: Path) -> str:
+        """Mount and set up a host's root; returns its SSH host key (public, one line)."""
         d = self.host_dir(h.name)
         root = d / "root"
         for sub in ("upper", "work", "root"):
@@ -264,9 +271,11 @@ class Lab:
         auth = ssh_dir / "authorized_keys"
         auth.write_text(self.key.with_suffix(".pub").read_text())
         auth.chmod(0o600)
+        access.prepare_user(root, self.key.with_suffix(".pub"), self.user_password)
         host_key = root / "etc" / "ssh" / "ssh_host_ed25519_key"
         if not host_key.exists():
             _ssh_keygen(host_key, f"root@{h.name}")
+        public = host_key.with_suffix(".pub").read_text().split()
         (root / "etc" / "ssh" / "sshd_config.d" / "patchpilot-lab.conf").write_text(
             "HostKey /etc/ssh/ssh_host_ed25519_key\nUseDNS no\nMaxStartups 100:30:200\n"
         )
@@ -287,6 +296,7 @@ class Lab:
         network.ensure_host_network(
             h.name, h.index, ipaddress.IPv4Address(h.address), self.net.prefixlen
         )
+        return " ".join(public[:2])
 
     def _start_supervisor(self, h: LabHost) -> None:
         d = self.host_dir(h.name)
@@ -343,7 +353,7 @@ class Lab:
 
     # ---- waiting and talking to hosts ----------------------------------------------------
     def ssh_argv(self, h: LabHost, command: str | None = None, *, tty: bool = False) -> list[str]:
-        argv = ["ssh", "-i", str(self.key), *CLI_SSH_OPTIONS]
+        argv = ["ssh", "-i", str(self.key), *cli_ssh_options(self.known_hosts)]
         if tty:
             argv.append("-t")
         argv.append(f"root@{h.address}")

@@ -17,21 +17,31 @@ from patchpilot.lab import image
 DEFAULT_GROUPS = "web=6,db=2"
 DEFAULT_RELEASE = "bookworm"
 _GROUP_RE = re.compile(r"[a-z][a-z0-9_]{0,11}")
-# ServerAlive makes a connection to a host that was cut off fail in about 15 s instead of
-# hanging (Ansible's ControlPersist masters would otherwise wait forever).
-SSH_OPTIONS = [
-    "-o",
-    "StrictHostKeyChecking=no",
-    "-o",
-    "UserKnownHostsFile=/dev/null",
-    "-o",
-    "LogLevel=ERROR",
-    "-o",
-    "ServerAliveInterval=5",
-    "-o",
-    "ServerAliveCountMax=3",
-]
-CLI_SSH_OPTIONS = [*SSH_OPTIONS, "-o", "BatchMode=yes", "-o", "ConnectTimeout=5"]
+
+
+def ssh_options(known_hosts: Path) -> list[str]:
+    """How everything reaches the lab's hosts: their keys checked against the lab's own
+    known_hosts (written by `lab up` from the keys it made), never trusted blindly.
+    ServerAlive makes a connection to a host that was cut off fail in about 15 s instead of
+    hanging (Ansible's ControlPersist masters would otherwise wait forever)."""
+    return [
+        "-o",
+        "StrictHostKeyChecking=yes",
+        "-o",
+        f"UserKnownHostsFile={known_hosts}",
+        "-o",
+        "LogLevel=ERROR",
+        "-o",
+        "ServerAliveInterval=5",
+        "-o",
+        "ServerAliveCountMax=3",
+    ]
+
+
+def cli_ssh_options(known_hosts: Path) -> list[str]:
+    return [*ssh_options(known_hosts), "-o", "BatchMode=yes", "-o", "ConnectTimeout=5"]
+
+
 RESERVED_GROUPS = {"all", "ungrouped"}
 LOCK_UNIT = "patchpilot-dpkg-lock"
 
@@ -128,7 +138,7 @@ def parse_fleet(
 INVENTORY_HEADER = "# Written by `patchpilot lab up`; removed by `patchpilot lab down`.\n"
 
 
-def write_inventory(path: Path, hosts: list[LabHost], key: Path) -> None:
+def write_inventory(path: Path, hosts: list[LabHost], key: Path, known_hosts: Path) -> None:
     groups: dict[str, dict[str, dict[str, object]]] = {}
     for h in hosts:
         groups.setdefault(h.group, {})[h.name] = {
@@ -140,7 +150,7 @@ def write_inventory(path: Path, hosts: list[LabHost], key: Path) -> None:
             "vars": {
                 "ansible_user": "root",
                 "ansible_ssh_private_key_file": str(key),
-                "ansible_ssh_common_args": " ".join(SSH_OPTIONS),
+                "ansible_ssh_common_args": " ".join(ssh_options(known_hosts)),
                 "ansible_python_interpreter": "/usr/bin/python3",
             },
             "children": {g: {"hosts": hs} for g, hs in groups.items()},

@@ -16,8 +16,11 @@ from patchpilot.lab.system import run
 log = logging.getLogger(__name__)
 
 MIRROR = "http://deb.debian.org/debian"
-# python3-apt: Ansible's apt and package_facts modules need it on the host.
-INCLUDE = "python3,python3-apt,openssh-server,systemd,systemd-sysv,dbus,apt"
+# python3-apt: Ansible's apt and package_facts modules need it on the host; sudo: the lab's
+# non-root user becomes root with it.
+INCLUDE = "python3,python3-apt,openssh-server,systemd,systemd-sysv,dbus,apt,sudo"
+# The lab's non-root user: logs in with the lab's key, becomes root with sudo and a password.
+LAB_USER = "pilot"
 STAMP = ".patchpilot-base.json"
 _RELEASE_RE = re.compile(r"[a-z][a-z0-9-]{1,30}")
 
@@ -35,7 +38,12 @@ def base_dir(cache: Path, release: str) -> Path:
 
 
 def is_ready(cache: Path, release: str) -> bool:
-    return (base_dir(cache, release) / STAMP).is_file()
+    """Built, and with today's package set (an image built with another is built again)."""
+    try:
+        stamp = json.loads((base_dir(cache, release) / STAMP).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(stamp, dict) and stamp.get("include") == INCLUDE
 
 
 def ensure_base_image(cache: Path, release: str) -> Path:
@@ -90,3 +98,18 @@ def _customise(root: Path) -> None:
                 entry.unlink()
     if not (root / "usr" / "bin" / "python3").exists():
         raise LabError("the base image has no python3: debootstrap did not include it")
+    # Members of Debian's sudo group may run anything as root, with their own password.
+    run(
+        [
+            "chroot",
+            str(root),
+            "useradd",
+            "--create-home",
+            "--shell",
+            "/bin/bash",
+            "--groups",
+            "sudo",
+            LAB_USER,
+        ],
+        what=f"adding the lab user {LAB_USER}",
+    )

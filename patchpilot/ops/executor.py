@@ -20,18 +20,12 @@ from typing import Any
 import ansible_runner
 import yaml
 
-from patchpilot.errors import BadInputError, PatchpilotError
+from patchpilot import resources
+from patchpilot.errors import BadInputError
+from patchpilot.ops import ansible_setup
 from patchpilot.ops.workdir import work_dir
 
 log = logging.getLogger(__name__)
-
-PLAYBOOKS = Path(__file__).resolve().parents[2] / "playbooks"
-# A connection to a host that vanished fails in ~15 s instead of hanging on a ControlPersist
-# master; used unless the user set their own ANSIBLE_SSH_ARGS.
-DEFAULT_SSH_ARGS = (
-    "-C -o ControlMaster=auto -o ControlPersist=60s -o ServerAliveInterval=5 "
-    "-o ServerAliveCountMax=3"
-)
 
 
 @dataclass(frozen=True)
@@ -113,7 +107,7 @@ def _cmdline(
         work / "extravars.yml",
         yaml.dump(_unsafe_tree(extravars), Dumper=_VarsDumper, sort_keys=True),
     )
-    parts = ["-e", f"@{vars_file}"]
+    parts = [*ansible_setup.current().playbook_args, "-e", f"@{vars_file}"]
     if hosts is not None:
         limit = _private_file(work / "limit.txt", "".join(f"{h}\n" for h in hosts))
         parts += ["--limit", f"@{limit}"]
@@ -141,17 +135,18 @@ def _env() -> dict[str, str]:
     path = os.environ.get("PATH", "")
     if bindir not in path.split(os.pathsep):
         os.environ["PATH"] = f"{bindir}{os.pathsep}{path}"
-    env = {"PATH": os.environ["PATH"]}
-    if "ANSIBLE_SSH_ARGS" not in os.environ:
-        env["ANSIBLE_SSH_ARGS"] = DEFAULT_SSH_ARGS
+    # The user's ansible.cfg wherever Ansible runs, and patchpilot's defaults only for what
+    # the user left unset (ops.ansible_setup).
+    env = {"PATH": os.environ["PATH"], **ansible_setup.current().env}
     env.setdefault("ANSIBLE_NOCOLOR", "1")
-    # One SSH round trip per task instead of several (needs no `requiretty` in sudoers, the
-    # default on Debian); a user's own setting wins.
-    if "ANSIBLE_PIPELINING" not in os.environ:
-        env["ANSIBLE_PIPELINING"] = "True"
     # A source Ansible cannot parse is an error, not a warning and a smaller fleet.
     env["ANSIBLE_INVENTORY_ANY_UNPARSED_IS_FAILED"] = "True"
     return env
+
+
+def _forks(requested: int | None) -> int | None:
+    """--forks as asked for, else as the user's Ansible setup says (None: Ansible's own)."""
+    return requested if requested is not None else ansible_setup.current().forks
 
 
 def check_inventory_path(inventory: str | Path) -> Path:
@@ -169,7 +164,9 @@ def list_inventory(inventory: str | Path) -> list[InventoryHost]:
     path = check_inventory_path(inventory)
     # Straight from ansible-inventory into memory: its listing holds every host's variables,
     # passwords included, and none of it is written anywhere.
-    out, err, _rc = _ansible_command("ansible-inventory", ["-i", str(path), "--list"])
+    out, err, _rc = _ansible_command(
+        "ansible-inventory", ["-i", str(path), "--list", *ansible_setup.current().args]
+    )
     try:
         data = json.loads(out) if isinstance(out, str) else out
     except (TypeError, ValueError) as exc:
@@ -201,15 +198,22 @@ def list_inventory(inventory: str | Path) -> list[InventoryHost]:
     ]
 
 
-def match_hosts(inventory: str | Path, pattern: str) -> list[str]:
-    """The hosts an Ansible host pattern selects, as Ansible itself resolves it."""
+def match_hosts(inventory: str | Path, pattern: str, *, limit: str | None = None) -> list[str]:
+    """The hosts an Ansible host pattern selects, narrowed by a --limit pattern, as Ansible
+    itself resolves them (`ansible PATTERN --limit LIMIT --list-hosts`)."""
     path = check_inventory_path(inventory)
-    if pattern.startswith("-"):
-        raise BadInputError(f"invalid host pattern {pattern!r}", hint="e.g. --limit 'web:&prod'")
-    out, err, rc = _ansible_command("ansible", [pattern, "-i", str(path), "--list-hosts"])
+    for p in (pattern, limit):
+        if p is not None and (not p.strip() or p.startswith("-")):
+            raise BadInputError(f"invalid host pattern {p!r}", hint="e.g. --limit 'web:&prod'")
+    narrowed = ["--limit", limit] if limit is not None else []
+    out, err, rc = _ansible_command(
+        "ansible",
+        [pattern, "-i", str(path), *narrowed, "--list-hosts", *ansible_setup.current().args],
+    )
     if rc != 0:
+        shown = repr(pattern) + (f" and --limit {limit!r}" if limit is not None else "")
         raise BadInputError(
-            f"Ansible could not use the inventory {inventory} with pattern {pattern!r}: "
+            f"Ansible could not use the inventory {inventory} with pattern {shown}: "
             f"{_first_error(err or out)}",
             hint="check it with `ansible-inventory -i INVENTORY --list`",
         )
@@ -281,14 +285,12 @@ class PlaybookStream:
         inventory: str | Path,
         *,
         hosts: Sequence[str] | None,
-        forks: int,
+        forks: int | None = None,
         extravars: dict[str, Any],
         check: bool,
     ):
         path = check_inventory_path(inventory)
-        book = PLAYBOOKS / playbook
-        if not book.is_file():
-            raise PatchpilotError(f"playbook missing from this installation: {book}")
+        book = resources.playbook(playbook)
         work = work_dir()
         self.dir = str(work)
         self._queue: queue.Queue[tuple[str, HostEvent | None]] = queue.Queue()
@@ -312,7 +314,7 @@ class PlaybookStream:
             private_data_dir=self.dir,
             playbook=str(book),
             inventory=str(path),
-            forks=forks,
+            forks=_forks(forks),
             cmdline=_cmdline(work, extravars, hosts, check),
             quiet=True,
             envvars=_env(),
@@ -355,7 +357,7 @@ def run_playbook(
     inventory: str | Path,
     *,
     hosts: Sequence[str] | None = None,
-    forks: int = 10,
+    forks: int | None = None,
     extravars: dict[str, Any] | None = None,
     check: bool = False,
     on_event: Callable[[HostEvent], None] | None = None,
@@ -363,9 +365,7 @@ def run_playbook(
     """Run playbooks/<playbook> and report each host's outcome; `on_event` sees every task
     result as it happens (for progress and per-host writes)."""
     path = check_inventory_path(inventory)
-    book = PLAYBOOKS / playbook
-    if not book.is_file():
-        raise PatchpilotError(f"playbook missing from this installation: {book}")
+    book = resources.playbook(playbook)
     outcomes: dict[str, HostOutcome] = {}
 
     def handle(event: dict[str, Any]) -> bool:
@@ -388,7 +388,7 @@ def run_playbook(
             private_data_dir=str(work),
             playbook=str(book),
             inventory=str(path),
-            forks=forks,
+            forks=_forks(forks),
             cmdline=_cmdline(work, extravars or {}, hosts, check),
             quiet=True,
             envvars=_env(),

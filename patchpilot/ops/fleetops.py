@@ -304,7 +304,7 @@ def _patch_answer(ev: executor.HostEvent, rollback_dir: str) -> HostResult:
 class AnsibleOps:
     """The real operations: playbooks/*.yml through ansible-runner."""
 
-    def __init__(self, inventory: str | Path, *, forks: int = 20):
+    def __init__(self, inventory: str | Path, *, forks: int | None = None):
         self.inventory = inventory
         self.forks = forks
 
@@ -369,7 +369,7 @@ class AnsiblePatchRun:
     each batch held at a gate until `batch()` releases it: the engine judges every batch
     before the next one starts, without paying for a new Ansible process per batch."""
 
-    def __init__(self, inventory: str | Path, request: PatchRequest, *, forks: int):
+    def __init__(self, inventory: str | Path, request: PatchRequest, *, forks: int | None):
         self.request = request
         self.batches = [list(b) for b in request.batches if b]
         self._released = 0

@@ -29,7 +29,9 @@ from patchpilot.plan.spec import PlanSpec
 
 FORMAT = "patchpilot-frozen-plan/1"
 _FIELDS = ("format", "created_at", "spec", "expansion", "inventory", "sha256")
-_OPTIONAL = ("signature",)  # HMAC-SHA256 with the store's key (sign / verify_signature)
+# signature: HMAC-SHA256 with the store's key (sign / verify_signature); limit: the --limit
+# host pattern the plan was made with.
+_OPTIONAL = ("signature", "limit")
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,7 @@ class FrozenPlan:
     # object, never read from the file again (it may have changed since it was checked).
     data: dict[str, Any]
     plan: ExpandedPlan  # the expansion, typed and checked
+    limit: str | None = None  # the --limit it was made with
 
     def host_updates(self, host: str) -> list[dict[str, Any]]:
         """The exact updates (package, arch, from, to) frozen for one host."""
@@ -114,6 +117,7 @@ def freeze(
     *,
     inventory_snapshot: dict[str, Any],
     created_at: datetime,
+    limit: str | None = None,
 ) -> dict[str, Any]:
     """The frozen plan as data, hash included; write it with write_frozen."""
     if created_at.tzinfo is None or created_at.utcoffset() is None:
@@ -127,6 +131,8 @@ def freeze(
         "expansion": expanded.to_dict(),
         "inventory": inventory_snapshot,
     }
+    if limit is not None:
+        data["limit"] = limit
     # Round-trip through JSON so the hash covers what the file will hold (tuples -> lists).
     # Those canonical bytes are what content_hash would encode again: hash them directly.
     encoded = canonical_json(data)
@@ -194,6 +200,9 @@ def load_frozen(path: str | Path, *, raw_bytes: bytes | None = None) -> FrozenPl
         raise BadInputError(f"{path} created_at: not an ISO 8601 time", hint=hint) from None
     if not isinstance(data["spec"], dict) or not isinstance(data["expansion"], dict):
         raise BadInputError(f"{path}: spec and expansion must be JSON objects", hint=hint)
+    limit = data.get("limit")
+    if limit is not None and (not isinstance(limit, str) or not limit.strip()):
+        raise BadInputError(f"{path} limit: must be a host pattern (text)", hint=hint)
     spec = plan_from_dict(data["spec"], f"{path} spec")
     _check_packages(path, data["expansion"])
     check_strings(data["expansion"], ("expansion",), str(path))
@@ -208,6 +217,7 @@ def load_frozen(path: str | Path, *, raw_bytes: bytes | None = None) -> FrozenPl
         sha256=data["sha256"],
         data=data,
         plan=plan,
+        limit=limit,
     )
 
 

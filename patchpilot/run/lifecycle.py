@@ -407,9 +407,10 @@ def rollback_run(
     ops: FleetOps,
     opts: ApplyOptions,
     reason: str | None = None,
+    limit: str | None = None,
 ) -> RunSummary:
     """A manual rollback of hosts a finished or paused run patched, in the plan's rollback
-    sequence."""
+    sequence; `limit` is the --limit pattern that chose `hosts`, for the audit log."""
     run = load_run(engine, run_id)
     if run.check_mode:
         raise BadInputError(
@@ -440,7 +441,8 @@ def rollback_run(
     names = [r.host for r in scope]
     acquire_locks(engine, run_id, names, progress=ctx.say)
     try:
-        ctx.journal.audit("manual rollback", hosts=names, reason=reason)
+        detail = {"limit": limit} if limit is not None else {}
+        ctx.journal.audit("manual rollback", hosts=names, reason=reason, **detail)
         with Heartbeat(engine, run_id):
             rollback_hosts(
                 ctx,

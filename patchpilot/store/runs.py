@@ -80,6 +80,7 @@ def run_detail(session: Session, run_id: str) -> dict[str, Any]:
         **run_summary(session, run),
         "plan_sha256": run.plan_sha256,
         "inventory": run.inventory,
+        "limit": run.plan.get("limit"),
         "timeline": [
             {
                 "at": _t(st.started_at),

@@ -202,7 +202,7 @@ def _fleet(tmp_path: Path) -> tuple[Path, list[LabHost], Path]:
     hosts = lab_hosts(parse_fleet(None, "web=3,db=2:trixie"))
     key = tmp_path / "lab" / "ssh" / "id_ed25519"
     path = tmp_path / "inv" / "sub" / "lab.yml"  # parents missing on purpose
-    write_inventory(path, hosts, key)
+    write_inventory(path, hosts, key, tmp_path / "lab" / "ssh" / "known_hosts")
     return path, hosts, key
 
 
@@ -216,6 +216,11 @@ def test_inventory_yaml(tmp_path: Path) -> None:
     all_ = data["all"]
     assert all_["vars"]["ansible_ssh_private_key_file"] == str(key)
     assert all_["vars"]["ansible_user"] == "root"
+    # Host keys are checked, against the lab's own known_hosts.
+    ssh_args = all_["vars"]["ansible_ssh_common_args"]
+    assert "StrictHostKeyChecking=yes" in ssh_args
+    assert f"UserKnownHostsFile={tmp_path / 'lab' / 'ssh' / 'known_hosts'}" in ssh_args
+    assert "StrictHostKeyChecking=no" not in ssh_args and "/dev/null" not in ssh_args
     assert set(all_["children"]) == {"web", "db"}
     for h in hosts:
         entry = all_["children"][h.group]["hosts"][h.name]
@@ -370,3 +375,16 @@ def test_nspawn_command() -> None:
     assert "--network-namespace-path=/run/netns/pp-web01" in cmd
     i = cmd.index("--directory")
     assert cmd[i + 1] == "/var/lib/patchpilot/lab/hosts/web01/root"
+
+
+def test_known_hosts_keeps_other_addresses_and_replaces_ours(tmp_path: Path) -> None:
+    from patchpilot.lab.access import write_known_hosts
+
+    path = tmp_path / "known_hosts"
+    path.write_text("10.213.0.11 ssh-ed25519 OLD\n192.0.2.9 ssh-ed25519 OTHER\n")
+    write_known_hosts(path, ["10.213.0.11", "10.213.0.12"], ["ssh-ed25519 A", "ssh-ed25519 B"])
+    assert path.read_text().splitlines() == [
+        "192.0.2.9 ssh-ed25519 OTHER",
+        "10.213.0.11 ssh-ed25519 A",
+        "10.213.0.12 ssh-ed25519 B",
+    ]
