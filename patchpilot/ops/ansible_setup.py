@@ -8,7 +8,7 @@ forks) apply only to what the user set nowhere: not in that file, not in the env
 Host key checking is on unless the user turned it off (ansible-runner would turn it off).
 
 Become and vault options go to every playbook and inventory query; a password that was
-asked for at the prompt lives in this process's memory only (see `secret_file`).
+asked for at the prompt lives in this process's memory only (see `SecretPipe`).
 
 Standard library only: `apply` sets this up before anything heavy loads.
 """
@@ -19,7 +19,8 @@ import configparser
 import contextlib
 import os
 import stat
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -126,8 +127,7 @@ class Setup:
 
     config: Path | None
     env: dict[str, str]
-    args: tuple[str, ...]  # options for every Ansible command: vault
-    playbook_args: tuple[str, ...]  # options for ansible-playbook: vault and become
+    args: tuple[str, ...]  # options for every Ansible command (vault; see also secret_args)
     forks: int | None  # what to pass as --forks (None: Ansible's own, as the user set it)
     host_key_checking: bool
     access: Access
@@ -138,8 +138,6 @@ def build(
     *,
     env: Mapping[str, str] | None = None,
     config: Path | None = None,
-    secret_files: Sequence[str] = (),
-    become_vars_file: str | None = None,
     default_forks: int = DEFAULT_FORKS,
 ) -> Setup:
     """The environment and options for Ansible, from the user's config and environment and
@@ -165,11 +163,8 @@ def build(
     args: list[str] = []
     for vid in access.vault_ids:
         args += ["--vault-id", vid]
-    for f in (*access.vault_password_files, *secret_files):
+    for f in access.vault_password_files:
         args += ["--vault-password-file", f]
-    playbook_args = list(args)
-    if become_vars_file is not None:
-        playbook_args += ["-e", f"@{become_vars_file}"]
     if access.forks is not None:
         forks: int | None = access.forks
     elif user_value("forks", cfg, env) is not None:
@@ -180,7 +175,6 @@ def build(
         config=config,
         env=out,
         args=tuple(args),
-        playbook_args=tuple(playbook_args),
         forks=forks,
         host_key_checking=host_key_checking,
         access=access,
@@ -202,40 +196,69 @@ def become_vars_yaml(access: Access) -> str | None:
     return "".join(f"{ln}\n" for ln in lines) or None
 
 
-def secret_file(secret: str) -> tuple[int, str]:
-    """Text only this user's Ansible processes can read, in memory only: an anonymous
-    memory file (memfd), never on disk, gone when this process ends. Returns the descriptor
-    (kept open by this process) and the path another process opens it by."""
-    fd = os.memfd_create("patchpilot-secret", os.MFD_CLOEXEC)
-    os.fchmod(fd, 0o600)  # not executable: Ansible would run an executable password file
-    os.write(fd, secret.encode())
-    return fd, f"/proc/{os.getpid()}/fd/{fd}"
+class SecretPipe:
+    """A secret handed to Ansible processes as a file that holds nothing: a named pipe in
+    an owner-only folder, fed from this process's memory to every process that opens it.
+    Nothing is written to disk; when this process ends, an empty pipe is all that is left
+    (and the folder is swept: ops.workdir)."""
+
+    def __init__(self, folder: Path, name: str, secret: str):
+        self.path = folder / name
+        os.mkfifo(self.path, 0o600)  # not executable: Ansible would run it as a script
+        self._data = secret.encode()
+        self._closed = False
+        self._thread = threading.Thread(target=self._serve, name=f"secret-{name}", daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._closed:
+            try:
+                fd = os.open(self.path, os.O_WRONLY)  # waits for a reader
+            except OSError:
+                return
+            try:
+                if not self._closed:
+                    os.write(fd, self._data)
+            except OSError:  # the reader went away (BrokenPipe)
+                pass
+            finally:
+                os.close(fd)
+
+    def close(self) -> None:
+        self._closed = True
+        with contextlib.suppress(OSError):  # wake the writer waiting for a reader
+            os.close(os.open(self.path, os.O_RDONLY | os.O_NONBLOCK))
+        self._thread.join(2)
+        with contextlib.suppress(OSError):
+            self.path.unlink()
 
 
 _current: Setup | None = None
-_secret_fds: list[int] = []
 
 
 def configure(access: Access) -> Setup:
     """Set up this process's Ansible access once, from the command line's options."""
     global _current
-    for fd in _secret_fds:
-        os.close(fd)
-    _secret_fds.clear()
-    vault_files: list[str] = []
-    if access.vault_password is not None:
-        fd, path = secret_file(access.vault_password + "\n")
-        _secret_fds.append(fd)
-        vault_files.append(path)
-    vars_file = None
-    become = become_vars_yaml(access)
-    if become is not None:
-        fd, vars_file = secret_file(become)
-        _secret_fds.append(fd)
-    _current = build(
-        access, config=find_config(), secret_files=vault_files, become_vars_file=vars_file
-    )
+    _current = build(access, config=find_config())
     return _current
+
+
+def secret_args(
+    setup: Setup, folder: Path, *, playbook: bool
+) -> tuple[list[str], list[SecretPipe]]:
+    """The options that hand one Ansible process the secrets asked for at the prompt (the
+    vault password; for a playbook the become vars too), each through a pipe of its own in
+    that process's owner-only folder. Close the pipes when the process has ended."""
+    args: list[str] = []
+    pipes: list[SecretPipe] = []
+    if setup.access.vault_password is not None:
+        pipes.append(SecretPipe(folder, "vault-password", setup.access.vault_password + "\n"))
+        args += ["--vault-password-file", str(pipes[-1].path)]
+    become = become_vars_yaml(setup.access) if playbook else None
+    if become is not None:
+        pipes.append(SecretPipe(folder, "become.yml", become))
+        args += ["-e", f"@{pipes[-1].path}"]
+    return args, pipes
 
 
 def current() -> Setup:
@@ -247,9 +270,6 @@ def current() -> Setup:
 
 
 def reset() -> None:
-    """Forget the setup (tests, and a process that changes directory)."""
+    """Forget the setup (tests)."""
     global _current
-    for fd in _secret_fds:
-        os.close(fd)
-    _secret_fds.clear()
     _current = None

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import queue
+import re
 import shlex
 import shutil
 import subprocess
@@ -41,7 +42,38 @@ class HostEvent:
     @property
     def message(self) -> str:
         msg = self.result.get("msg") or self.result.get("stderr") or self.result.get("reason")
-        return " ".join(str(msg).split())[:500] if msg else f"{self.kind} at task {self.task!r}"
+        if not msg:
+            return f"{self.kind} at task {self.task!r}"
+        text = str(msg)
+        return host_key_problem(text) or " ".join(text.split())[:500]
+
+
+_OFFENDING = re.compile(r"Offending \S+ key in (\S+?):(\d+)")
+_ADDRESS = re.compile(r'remote host "([^"]+)"')
+
+
+def host_key_problem(text: str) -> str | None:
+    """ssh's refusal of a host key, in words with the fix; None for any other failure."""
+    changed = "REMOTE HOST IDENTIFICATION HAS CHANGED" in text
+    if not changed and "Host key verification failed" not in text:
+        return None
+    m = _ADDRESS.search(text)
+    address = m.group(1) if m else "ADDRESS"
+    if changed:
+        off = _OFFENDING.search(text)
+        where = f" -f {off.group(1)}" if off else ""
+        return (
+            "refused: the SSH host key changed since this host was trusted (a reinstalled "
+            "host, or someone in the middle); nothing ran on it. If the change is expected, "
+            f"check the new key's fingerprint on the host's console, then `ssh-keygen -R "
+            f"{address}{where}` and connect once to trust it"
+        )
+    return (
+        "refused: the SSH host key is not known (host key checking is on); nothing ran on it. "
+        f"Check its fingerprint on the host's console and add it (`ssh-keyscan {address}` >> "
+        "known_hosts), or run with --accept-new-host-keys to trust keys of hosts seen for the "
+        "first time"
+    )
 
 
 @dataclass
@@ -98,7 +130,7 @@ def _private_file(path: Path, text: str) -> Path:
 
 def _cmdline(
     work: Path, extravars: dict[str, Any], hosts: Sequence[str] | None, check: bool
-) -> str:
+) -> tuple[str, list[ansible_setup.SecretPipe]]:
     """Extra vars and the host list go in owner-only files (`-e @FILE`, `--limit @FILE`),
     never on the command line: no size limit (a 10,000-host run), nothing in
     /proc/PID/cmdline, and every string tagged `!unsafe`, so no value (a version or a path
@@ -107,13 +139,20 @@ def _cmdline(
         work / "extravars.yml",
         yaml.dump(_unsafe_tree(extravars), Dumper=_VarsDumper, sort_keys=True),
     )
-    parts = [*ansible_setup.current().playbook_args, "-e", f"@{vars_file}"]
+    setup = ansible_setup.current()
+    secret, pipes = ansible_setup.secret_args(setup, work, playbook=True)
+    parts = [*setup.args, *secret, "-e", f"@{vars_file}"]
     if hosts is not None:
         limit = _private_file(work / "limit.txt", "".join(f"{h}\n" for h in hosts))
         parts += ["--limit", f"@{limit}"]
     if check:
         parts.append("--check")
-    return " ".join(shlex.quote(p) for p in parts)
+    return " ".join(shlex.quote(p) for p in parts), pipes
+
+
+def _close(pipes: Sequence[ansible_setup.SecretPipe]) -> None:
+    for pipe in pipes:
+        pipe.close()
 
 
 def _forget_command(work: Path) -> Callable[[dict[str, Any], Any], None]:
@@ -164,15 +203,13 @@ def list_inventory(inventory: str | Path) -> list[InventoryHost]:
     path = check_inventory_path(inventory)
     # Straight from ansible-inventory into memory: its listing holds every host's variables,
     # passwords included, and none of it is written anywhere.
-    out, err, _rc = _ansible_command(
-        "ansible-inventory", ["-i", str(path), "--list", *ansible_setup.current().args]
-    )
+    out, err, _rc = _ansible_command("ansible-inventory", ["-i", str(path), "--list"])
     try:
         data = json.loads(out) if isinstance(out, str) else out
     except (TypeError, ValueError) as exc:
         raise BadInputError(
             f"Ansible could not read the inventory {inventory}: {_first_error(err or out)}",
-            hint="check it with `ansible-inventory -i INVENTORY --list`",
+            hint=_inventory_hint(err or out),
         ) from exc
     if not isinstance(data, dict):
         raise BadInputError(f"Ansible could not read the inventory {inventory}")
@@ -208,14 +245,14 @@ def match_hosts(inventory: str | Path, pattern: str, *, limit: str | None = None
     narrowed = ["--limit", limit] if limit is not None else []
     out, err, rc = _ansible_command(
         "ansible",
-        [pattern, "-i", str(path), *narrowed, "--list-hosts", *ansible_setup.current().args],
+        [pattern, "-i", str(path), *narrowed, "--list-hosts"],
     )
     if rc != 0:
         shown = repr(pattern) + (f" and --limit {limit!r}" if limit is not None else "")
         raise BadInputError(
             f"Ansible could not use the inventory {inventory} with pattern {shown}: "
             f"{_first_error(err or out)}",
-            hint="check it with `ansible-inventory -i INVENTORY --list`",
+            hint=_inventory_hint(err or out),
         )
     # stdout is "  hosts (N):" followed by one indented host name per line.
     lines = (out or "").splitlines()
@@ -227,9 +264,12 @@ def _ansible_command(executable: str, args: list[str]) -> tuple[str, str, int]:
     """An Ansible command-line tool beside this Python, its output kept in memory only."""
     env = {**os.environ, **_env()}
     tool = Path(sys.executable).parent / executable
+    setup = ansible_setup.current()
+    work = work_dir() if setup.access.vault_password is not None else None
+    secret, pipes = ansible_setup.secret_args(setup, work, playbook=False) if work else ([], [])
     try:
         proc = subprocess.run(
-            [str(tool) if tool.exists() else executable, *args],
+            [str(tool) if tool.exists() else executable, *args, *setup.args, *secret],
             capture_output=True,
             text=True,
             env=env,
@@ -239,7 +279,20 @@ def _ansible_command(executable: str, args: list[str]) -> tuple[str, str, int]:
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
         return "", str(exc), 1
+    finally:
+        _close(pipes)
+        if work is not None:
+            shutil.rmtree(work, ignore_errors=True)
     return proc.stdout, proc.stderr, proc.returncode
+
+
+def _inventory_hint(text: str | None) -> str:
+    if "vault" in (text or "").lower():
+        return (
+            "the inventory holds vaulted values: give --vault-password-file FILE, "
+            "--vault-id or --ask-vault-pass"
+        )
+    return "check it with `ansible-inventory -i INVENTORY --list`"
 
 
 def _first_error(text: str | None) -> str:
@@ -310,12 +363,13 @@ class PlaybookStream:
         def finished(runner: Any) -> None:
             self.status, self.rc = str(runner.status), int(runner.rc or 0)
 
+        cmdline, self._pipes = _cmdline(work, extravars, hosts, check)
         self._thread, self._runner = ansible_runner.run_async(
             private_data_dir=self.dir,
             playbook=str(book),
             inventory=str(path),
             forks=_forks(forks),
-            cmdline=_cmdline(work, extravars, hosts, check),
+            cmdline=cmdline,
             quiet=True,
             envvars=_env(),
             event_handler=handle,
@@ -349,6 +403,7 @@ class PlaybookStream:
             log.warning("Ansible did not end within %.0f s; cancelling it", wait)
             self._cancel.set()
             self._thread.join(30)
+        _close(self._pipes)
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
@@ -383,13 +438,14 @@ def run_playbook(
         return False  # no event kept on disk
 
     work = work_dir()
+    cmdline, pipes = _cmdline(work, extravars or {}, hosts, check)
     try:
         runner = ansible_runner.run(
             private_data_dir=str(work),
             playbook=str(book),
             inventory=str(path),
             forks=_forks(forks),
-            cmdline=_cmdline(work, extravars or {}, hosts, check),
+            cmdline=cmdline,
             quiet=True,
             envvars=_env(),
             event_handler=handle,
@@ -397,6 +453,7 @@ def run_playbook(
             suppress_env_files=True,
         )
     finally:
+        _close(pipes)
         shutil.rmtree(work, ignore_errors=True)
     status = runner.status if runner is not None else "failed"
     return PlaybookResult(
