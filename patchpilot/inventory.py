@@ -56,6 +56,7 @@ class GatherSummary:
     ok: list[str] = field(default_factory=list)
     unreachable: dict[str, str] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
+    forks: int | None = None  # what Ansible said it ran with
 
 
 def normalize_host(
@@ -316,6 +317,10 @@ def gather(
             on_host_done(host, status)
 
     def on_event(ev: executor.HostEvent) -> None:
+        forks = executor.reported_forks(ev)
+        if forks is not None:
+            summary.forks = forks
+            return
         if ev.host in done:
             return
         if ev.kind == "ok":

@@ -77,9 +77,20 @@ def gather(
     info(
         f"gather {summary.run_id}: {len(summary.ok)} of {summary.total} hosts gathered, "
         f"{len(summary.unreachable)} unreachable, {len(summary.failed)} failed"
+        + _ansible_note(summary.forks)
     )
     if summary.failed or summary.unreachable:
         raise typer.Exit(ExitCode.FAILED if not summary.ok else ExitCode.PARTIAL)
+
+
+def _ansible_note(forks: int | None) -> str:
+    from patchpilot.ops.ansible_setup import current
+
+    config = current().config
+    parts = ([f"forks {forks}"] if forks else []) + [
+        f"ansible.cfg {config}" if config else "no ansible.cfg"
+    ]
+    return f" ({', '.join(parts)})"
 
 
 @app.command("list")

@@ -247,6 +247,8 @@ def match_hosts(inventory: str | Path, pattern: str, *, limit: str | None = None
         "ansible",
         [pattern, "-i", str(path), *narrowed, "--list-hosts"],
     )
+    if rc != 0 and "leaves us with no hosts" in (err or out or ""):
+        return []  # the patterns are valid and select nobody: the caller says so in its words
     if rc != 0:
         shown = repr(pattern) + (f" and --limit {limit!r}" if limit is not None else "")
         raise BadInputError(
@@ -322,6 +324,17 @@ def host_event(event: dict[str, Any]) -> HostEvent | None:
     return HostEvent(
         data["host"], kind, data.get("task", ""), data.get("task_action", ""), data.get("res") or {}
     )
+
+
+def reported_forks(ev: HostEvent) -> int | None:
+    """The forks a playbook's `patchpilot_forks` fact says Ansible runs with (Ansible's own
+    `ansible_forks`), if this event sets it."""
+    value = (ev.result.get("ansible_facts") or {}).get("patchpilot_forks")
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str) and value.isdigit():
+        value = int(value)
+    return value if isinstance(value, int) and 0 < value < 100_000 else None
 
 
 PLAY_START = "play_start"  # a play, or the next `serial` batch of one, begins

@@ -154,6 +154,9 @@ class PatchRun(Protocol):
     (exactly its hosts, in order) and returns once every host in it has answered."""
 
     request: PatchRequest
+    # What Ansible itself said it runs with (forks), once the first batch started; recorded
+    # in the run's audit log.
+    ansible_settings: dict[str, Any]
 
     def next_hosts(self) -> list[str] | None: ...
 
@@ -375,6 +378,7 @@ class AnsiblePatchRun:
         self._released = 0
         self._starts = 0  # batch starts Ansible has reported
         self._ended = False
+        self.ansible_settings: dict[str, Any] = {}
         hosts = [h for b in self.batches for h in b]
         self._gates = Path(tempfile.mkdtemp(prefix="patchpilot-gate-"))
         self._stream = executor.PlaybookStream(
@@ -425,6 +429,10 @@ class AnsiblePatchRun:
                 self._starts += 1
                 if self._starts >= index + 2:
                     break  # the next batch has begun (it waits at its gate): this one is done
+            elif ev is not None and ev.action.endswith("set_fact"):
+                forks = executor.reported_forks(ev)
+                if forks is not None:
+                    self.ansible_settings = {"forks": forks}
             elif ev is not None and ev.host in expected:
                 _apply_event(out, ev, self.request.rollback_dir)
         for h in expected:

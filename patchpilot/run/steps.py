@@ -44,6 +44,7 @@ class RunCtx:
     ops: FleetOps
     opts: ApplyOptions
     patching: PatchRun | None = None  # the patch process of the remaining batches, once open
+    ansible_recorded: bool = False  # the patch process's Ansible settings are in the audit log
 
     @property
     def run_id(self) -> str:
@@ -93,7 +94,18 @@ def _patch_batch(ctx: RunCtx, hosts: list[str]) -> dict[str, HostResult]:
         # The run's state moved in a way the open process did not plan for.
         open_patch(ctx, force=True)
     assert ctx.patching is not None and ctx.patching.next_hosts() == hosts
-    return ctx.patching.batch(hosts)
+    results = ctx.patching.batch(hosts)
+    if ctx.patching.ansible_settings and not ctx.ansible_recorded:
+        from patchpilot.ops.ansible_setup import current
+
+        config = current().config
+        ctx.journal.audit(
+            "ansible settings",
+            config=str(config) if config else None,
+            **ctx.patching.ansible_settings,
+        )
+        ctx.ansible_recorded = True
+    return results
 
 
 # --- judging ---------------------------------------------------------------------------------

@@ -133,6 +133,7 @@ class FakePatchRun:
     request: PatchRequest
     batches: list[list[str]]
     closed: bool = False
+    ansible_settings: dict[str, Any] = field(default_factory=dict)
 
     def next_hosts(self) -> list[str] | None:
         return None if self.closed or not self.batches else self.batches[0]
