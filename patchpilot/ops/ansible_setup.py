@@ -197,8 +197,9 @@ def become_vars_yaml(access: Access) -> str | None:
 
 
 class SecretPipe:
-    """A secret handed to Ansible processes as a file that holds nothing: a named pipe in
-    an owner-only folder, fed from this process's memory to every process that opens it.
+    """A secret handed to an Ansible process as a file that holds nothing: a named pipe in
+    that process's owner-only folder, fed from this process's memory, a whole copy each time
+    it is opened (one reader at a time: every Ansible process has pipes of its own).
     Nothing is written to disk; when this process ends, an empty pipe is all that is left
     (and the folder is swept: ops.workdir)."""
 
@@ -211,15 +212,21 @@ class SecretPipe:
         self._thread.start()
 
     def _serve(self) -> None:
+        """One copy to each reader: once a reader has the pipe open, a fresh pipe takes its
+        place under the same name (an atomic rename), so the next reader waits for its own
+        copy and no reader ever sees a second copy or an early end."""
         while not self._closed:
             try:
                 fd = os.open(self.path, os.O_WRONLY)  # waits for a reader
             except OSError:
                 return
             try:
+                fresh = self.path.with_name(self.path.name + ".next")
+                os.mkfifo(fresh, 0o600)
+                os.rename(fresh, self.path)
                 if not self._closed:
                     os.write(fd, self._data)
-            except OSError:  # the reader went away (BrokenPipe)
+            except OSError:  # the reader went away (BrokenPipe), or the folder is gone
                 pass
             finally:
                 os.close(fd)

@@ -88,6 +88,7 @@ def lab_tripwire(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         "patchpilot.lab.fleet.run",
         "patchpilot.lab.network.run",
         "patchpilot.lab.image.run",
+        "patchpilot.lab.access.run",
         "patchpilot.lab.repo.run",
         "patchpilot.lab.fleet._processes",
         "patchpilot.lab.fleet._terminate",
@@ -292,3 +293,65 @@ def test_exit_codes_are_distinct_and_ok_is_zero() -> None:
     assert ExitCode.OK == 0
     assert [name for name, member in members.items() if member.value == 0] == ["OK"]
     assert all(0 <= v <= 255 for v in values)
+
+
+# ---- shipped plans and Ansible access options ----------------------------------------------
+def test_plans_list_and_show(capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    code, out, _err = run_cli(capsys, "plans", "list", "--json")
+    assert code == ExitCode.OK
+    names = [p["name"] for p in json.loads(out)]
+    assert {"canary", "lab-demo", "emergency"} <= set(names)
+    assert all(Path(p["path"]).is_file() and p["summary"] for p in json.loads(out))
+    code, out, _err = run_cli(capsys, "plans", "show", "canary")
+    assert code == ExitCode.OK
+    assert "name: canary" in out
+    code, out, err = run_cli(capsys, "plans", "show", "canery")
+    assert code == ExitCode.BAD_INPUT
+    msg, hint = assert_one_error(err, out)
+    assert "canery" in msg and "canary" in hint
+
+
+def test_a_missing_plan_path_names_the_shipped_plan(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    inv = tmp_path / "hosts.ini"
+    inv.write_text("web01\n")
+    code, out, err = run_cli(capsys, "plan", "plans/canary.yml", "-i", str(inv))
+    assert code == ExitCode.BAD_INPUT
+    msg, hint = assert_one_error(err, out)
+    assert msg == "cannot read plan plans/canary.yml: no such file"
+    assert "give just `canary`" in hint
+
+
+def test_ask_become_pass_needs_a_terminal(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    inv = tmp_path / "hosts.ini"
+    inv.write_text("web01\n")
+    monkeypatch.setattr("sys.stdin.isatty", lambda: False)
+    code, out, err = run_cli(capsys, "inventory", "gather", "-i", str(inv), "-K")
+    assert code == ExitCode.BAD_INPUT
+    msg, hint = assert_one_error(err, out)
+    assert "needs a terminal" in msg and "--vault-password-file" in hint
+
+
+def test_a_missing_vault_password_file_is_bad_input(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    inv = tmp_path / "hosts.ini"
+    inv.write_text("web01\n")
+    code, out, err = run_cli(
+        capsys, "plan", "canary", "-i", str(inv), "--vault-password-file", "/nonexistent/vp"
+    )
+    assert code == ExitCode.BAD_INPUT
+    msg, _hint = assert_one_error(err, out)
+    assert "/nonexistent/vp" in msg
+
+
+def test_limit_cannot_change_a_resumed_run(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run_cli(capsys, "apply", "--resume", "r-1", "--limit", "web")
+    assert code == ExitCode.BAD_INPUT
+    msg, _hint = assert_one_error(err, out)
+    assert "--limit" in msg and "resumed" in msg
