@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from patchpilot.lab.system import missing_tools
-from tests.e2e.helpers import LabFleet, pp
+from tests.e2e.helpers import LabFleet, files_holding, pp, secret_search_roots
 
 LAB_GROUPS = "web=6,db=2"  # 8 hosts
 
@@ -53,7 +53,14 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabFleet]:
         for g in data["all"]["children"].values()
         for name, vars_ in g["hosts"].items()
     }
+    fleet = LabFleet(inventory, hosts, groups)
     try:
-        yield LabFleet(inventory, hosts, groups)
+        yield fleet
     finally:
         pp("lab", "down", check=False)
+        # After the whole suite: no password a test gave patchpilot is in any store, log or
+        # file left under the state and artifact folders.
+        if fleet.secrets:
+            roots = secret_search_roots(tmp_path_factory.getbasetemp())
+            found, _checked = files_holding(fleet.secrets, roots, fleet.secret_files)
+            assert not found, f"secrets left after the e2e suite in: {found}"

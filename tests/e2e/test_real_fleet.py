@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.e2e.helpers import BIN, LabFleet, pp
+from tests.e2e.helpers import BIN, LabFleet, files_holding, pp, secret_search_roots
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
@@ -111,6 +111,8 @@ def ops(lab: LabFleet, demo: None, tmp_path_factory: pytest.TempPathFactory) -> 
         capture_output=True,
     )
     assert become_password not in vaulted.read_text()
+    lab.secrets += [become_password, vault_password]  # checked again after the whole suite
+    lab.secret_files.append(vault_pass_file)
     (work / "cp").mkdir()
     (work / "ansible.cfg").write_text(
         "[defaults]\n"
@@ -171,48 +173,20 @@ def test_the_working_directorys_ansible_cfg_is_in_force(lab: LabFleet, ops: Ops)
     assert run["limit"] == "web01:web02"
 
 
-def _files_under(*roots: Path) -> Iterator[Path]:
-    for root in roots:
-        if root.is_file():
-            yield root
-        elif root.is_dir():
-            for p in root.rglob("*"):
-                if p.is_file() and not p.is_symlink():
-                    yield p
-
-
 def test_no_secret_is_left_in_the_store_the_logs_or_the_working_folders(
     ops: Ops, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     """Neither the become (sudo) password nor the vault password is in any row of the
     store, any log, or any file patchpilot or Ansible left in the state and artifact
     folders; the only files holding them are the user's own (the vault password file)."""
-    secrets_ = [ops.become_password.encode(), ops.vault_password.encode()]
-    default_state = (
-        Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "patchpilot"
-    )
-    roots = [
-        tmp_path_factory.getbasetemp(),  # every e2e store, state folder and log of this session
-        ops.state,
-        default_state,
-        Path.home() / ".ansible",
-        *Path("/tmp").glob("patchpilot-*"),
-    ]
-    checked = 0
-    for path in _files_under(*roots):
-        if path == ops.vault_pass_file:
-            continue
-        try:
-            data = path.read_bytes()
-        except OSError:
-            continue
-        checked += 1
-        for s in secrets_:
-            assert s not in data, f"{path} holds a secret"
+    secrets_ = [ops.become_password, ops.vault_password]
+    roots = [*secret_search_roots(tmp_path_factory.getbasetemp()), ops.state, ops.db]
+    found, checked = files_holding(secrets_, roots, [ops.vault_pass_file])
+    assert found == []
     # the store, its logs and the state folder were among them
     assert ops.db.is_file() and checked > 5
     for log in ops.logs.values():
-        assert all(s.decode() not in log for s in secrets_)
+        assert all(s not in log for s in secrets_)
     # Ansible's working folders of this user's runs are gone: only the folder itself is left
     assert [p for p in (ops.state / "ansible").iterdir()] == []
 
