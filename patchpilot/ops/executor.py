@@ -377,20 +377,25 @@ class PlaybookStream:
             self.status, self.rc = str(runner.status), int(runner.rc or 0)
 
         cmdline, self._pipes = _cmdline(work, extravars, hosts, check)
-        self._thread, self._runner = ansible_runner.run_async(
-            private_data_dir=self.dir,
-            playbook=str(book),
-            inventory=str(path),
-            forks=_forks(forks),
-            cmdline=cmdline,
-            quiet=True,
-            envvars=_env(),
-            event_handler=handle,
-            status_handler=_forget_command(work),
-            finished_callback=finished,
-            cancel_callback=self._cancel.is_set,
-            suppress_env_files=True,
-        )
+        try:
+            self._thread, self._runner = ansible_runner.run_async(
+                private_data_dir=self.dir,
+                playbook=str(book),
+                inventory=str(path),
+                forks=_forks(forks),
+                cmdline=cmdline,
+                quiet=True,
+                envvars=_env(),
+                event_handler=handle,
+                status_handler=_forget_command(work),
+                finished_callback=finished,
+                cancel_callback=self._cancel.is_set,
+                suppress_env_files=True,
+            )
+        except BaseException:
+            _close(self._pipes)
+            shutil.rmtree(self.dir, ignore_errors=True)
+            raise
 
     def next(self, timeout: float | None = None) -> tuple[str, HostEvent | None]:
         """The next (kind, event): a task result, PLAY_START, or FINISHED once the process
