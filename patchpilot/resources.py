@@ -40,6 +40,19 @@ def playbook(name: str) -> Path:
     return book
 
 
+def collections_dir() -> Path:
+    """The folder to add to Ansible's collections_path for the collection patchpilot.fleet
+    (the host-side modules and the gate lookup), in an installed patchpilot."""
+    folder = _PACKAGE / "collections"
+    if not (folder / "ansible_collections" / "patchpilot" / "fleet" / "meta").is_dir():
+        raise BadInputError(
+            "the collection patchpilot.fleet is assembled in an installed patchpilot only",
+            hint="install the wheel; from a source checkout, point ANSIBLE_LIBRARY at "
+            f"{playbooks_dir() / 'library'}",
+        )
+    return folder
+
+
 def plans_dir() -> Path:
     return _shipped("plans", "canary.yml")
 

@@ -46,3 +46,12 @@ def show(
         )
     else:
         print_table(f"config file: {path or 'none'}", ["setting", "value", "source"], rows)
+
+
+@app.command("collections-path")
+def collections_path() -> None:
+    """Print the folder holding the Ansible collection patchpilot.fleet (patchpilot's
+    host-side modules), to add to ANSIBLE_COLLECTIONS_PATH for your own playbooks."""
+    from patchpilot.resources import collections_dir
+
+    typer.echo(str(collections_dir()))

@@ -17,6 +17,13 @@ preflight and asks apt-get to simulate the install; nothing changes.
 DOCUMENTATION = r"""
 module: patchpilot_patch
 short_description: Preflight, snapshot, rollback artifacts and exact-version install
+description:
+  - Patches one apt/dpkg host in one round trip - preflight (disk space, dpkg not left
+    interrupted, locks free, nothing held), a snapshot of the versions installed before with
+    a .deb of each kept for a rollback, an install of exactly the given versions (never a
+    newer one, never a downgrade), and a read-back of the versions and of a pending reboot.
+  - In check mode it runs the preflight and simulates the install.
+author: patchpilot
 options:
   install:
     description: Exact versions to install, as name=version.

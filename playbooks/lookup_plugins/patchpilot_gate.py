@@ -10,6 +10,10 @@ it returns "stop": no batch ever starts without an engine to record it.
 DOCUMENTATION = r"""
 name: patchpilot_gate
 short_description: Wait for patchpilot's engine to release a batch
+description:
+  - Waits until patchpilot's engine has written its decision for a batch (go or stop) in
+    the gate folder, and returns it; gives up when the engine's process is gone.
+author: patchpilot
 options:
   dir:
     description: Directory the engine writes its decisions to.

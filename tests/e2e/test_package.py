@@ -83,6 +83,17 @@ def test_the_installed_wheel_gathers_plans_and_applies_from_anywhere(
     assert {p["name"] for p in plans} >= {"canary", "lab-demo"}
     assert all(p["path"].startswith(str(venv)) for p in plans)
 
+    # The host-side modules are also the collection patchpilot.fleet, with their docs.
+    collections = _run(installed, "config", "collections-path", cwd=elsewhere).stdout.strip()
+    assert collections.startswith(str(venv))
+    doc = _run(
+        venv / "bin" / "ansible-doc",
+        "patchpilot.fleet.patchpilot_patch",
+        cwd=elsewhere,
+        env={"ANSIBLE_COLLECTIONS_PATH": collections},
+    )
+    assert "exact-version install" in doc.stdout
+
     db = ["--db", str(tmp_path / "pp.db")]
     inv = ["-i", str(lab.inventory), "--limit", ":".join(HOSTS)]
     gathered = _run(installed, *db, "inventory", "gather", *inv, "--no-refresh", cwd=elsewhere)

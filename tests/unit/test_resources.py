@@ -64,11 +64,16 @@ def test_every_package_and_shipped_folder_is_in_the_wheel() -> None:
     }
     data_only = {"patchpilot.risk.data", "patchpilot.report.templates"}
     assert on_disk - data_only <= listed
+    fleet = "patchpilot.collections.ansible_collections.patchpilot.fleet"
     assert config["package-dir"] == {
         "patchpilot.playbooks": "playbooks",
         "patchpilot.plans": "plans",
+        fleet: "playbooks/collection",
+        f"{fleet}.plugins.modules": "playbooks/library",
+        f"{fleet}.plugins.lookup": "playbooks/lookup_plugins",
     }
     data = config["package-data"]
+    assert data[fleet] == ["meta/runtime.yml"]
     assert "*.yml" in data["patchpilot.plans"]
     assert {"*.yml", "library/*.py", "lookup_plugins/*.py"} <= set(data["patchpilot.playbooks"])
     assert {p.parent.name for p in (ROOT / "playbooks").rglob("*.py")} <= {
