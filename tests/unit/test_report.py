@@ -116,6 +116,7 @@ def fill_store(path: Path, *, hostile: bool = False) -> tuple[Any, str, str]:
                 distribution_version="12",
                 distribution_release="bookworm",
                 boot_time=now - timedelta(days=9),
+                last_seen=now - timedelta(hours=1),  # gathered: its compliance can be judged
             )
             s.add(host)
             s.flush()
