@@ -6,13 +6,16 @@ import csv
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from patchpilot.cli.context import state
 from patchpilot.cli.inventory import JsonOpt, _cves
 from patchpilot.console import info, print_json, print_table
+
+if TYPE_CHECKING:
+    from patchpilot.store.queries import ComplianceRow, FleetCompliance
 
 app = typer.Typer(help="Pending updates across the fleet.", no_args_is_help=True)
 
@@ -46,6 +49,8 @@ COMPLIANCE_COLUMNS = (
     "last_boot",
     "reboot_required",
     "compliant",
+    "status",
+    "reason",
     "package",
     "source",
     "installed_version",
@@ -133,10 +138,41 @@ def list_(
     )
 
 
+def _status_cell(row: ComplianceRow) -> str:
+    if row.compliant is None:
+        return f"unknown ({row.reason})"
+    return "compliant" if row.compliant else "NO"
+
+
+def _hosts(n: int) -> str:
+    return f"{n} host" if n == 1 else f"{n} hosts"
+
+
+def compliance_summary(fleet: FleetCompliance) -> str:
+    """The fleet's compliance in one line: the share over the hosts that could be judged, and
+    how many could not be and why."""
+    counts = fleet.unknown_by_reason()
+    why = ", ".join(f"{n} {reason.label}" for reason, n in counts.items() if n)
+    if fleet.percent is None:
+        if not fleet.rows:
+            return (
+                "fleet compliance: unknown — no host could be judged (no host in the store: "
+                "run `patchpilot inventory gather -i INVENTORY`)"
+            )
+        return f"fleet compliance: unknown — no host could be judged ({why})"
+    judged = f"{fleet.judged} judged host" + (" has" if fleet.judged == 1 else "s have")
+    line = f"fleet compliance: {fleet.percent:.1f}% of {judged} no missing security update"
+    if fleet.unknown:
+        line += f"; {_hosts(fleet.unknown)} unknown ({why})"
+    return line
+
+
 def compliance(ctx: typer.Context, as_json: JsonOpt = False, as_csv: CsvOpt = False) -> None:
-    """Per host: missing security updates and the age of the oldest; the fleet's compliance.
-    With --csv: one row per host and missing security update, with CVE ids, urgency, origin,
-    age and the host's last boot."""
+    """Per host: missing security updates, the age of the oldest, and its status: compliant,
+    non-compliant, or unknown (never gathered, unreachable or failed at its last gather: its
+    data is stale); the fleet's compliance over the hosts that could be judged. With --csv:
+    one row per host and missing security update, with CVE ids, urgency, origin, age and the
+    host's last boot, and every unknown host with its status and reason."""
     from patchpilot.store.db import session_scope
     from patchpilot.store.queries import compliance as compliance_rows
     from patchpilot.store.queries import compliance_export
@@ -146,22 +182,31 @@ def compliance(ctx: typer.Context, as_json: JsonOpt = False, as_csv: CsvOpt = Fa
             write_csv(COMPLIANCE_COLUMNS, compliance_export(session=s))
         return
     with session_scope(state(ctx).engine()) as s:
-        rows, pct = compliance_rows(session=s)
+        fleet = compliance_rows(session=s)
     if as_json:
-        print_json({"compliance_percent": round(pct, 1), "hosts": [r.__dict__ for r in rows]})
+        pct = fleet.percent
+        print_json(
+            {
+                "compliance_percent": None if pct is None else round(pct, 1),
+                "judged": fleet.judged,
+                "unknown": fleet.unknown,
+                "unknown_by_reason": {k.value: n for k, n in fleet.unknown_by_reason().items()},
+                "hosts": [r.__dict__ for r in fleet.rows],
+            }
+        )
         return
     print_table(
         None,
-        ["host", "reachable", "missing security", "oldest (days)", "compliant"],
+        ["host", "reachable", "missing security", "oldest (days)", "status"],
         [
             (
                 r.host,
                 "yes" if r.reachable else "NO",
-                r.missing_security,
+                "" if r.last_seen is None else r.missing_security,
                 "" if r.oldest_days is None else r.oldest_days,
-                "yes" if r.compliant else "NO",
+                _status_cell(r),
             )
-            for r in rows
+            for r in fleet.rows
         ],
     )
-    info(f"fleet compliance: {pct:.1f}% of {len(rows)} hosts have no missing security update")
+    info(compliance_summary(fleet))

@@ -11,7 +11,9 @@ prints, the HTML shows and the Prometheus metrics export.
   the oldest. The store keeps today's pending updates (with when each was first seen) and
   every run's frozen plan: an update still pending counts from when it was first seen; one a
   run installed counts from the run's start until the host was patched. So the curve is
-  a lower bound for days before patchpilot first gathered a host;
+  a lower bound for days before patchpilot first gathered a host. Beside it, compliance now:
+  the share of compliant hosts among those that could be judged, and how many could not be
+  (never gathered, or unreachable or failed at their last gather: see store.queries);
 - calibration: the probability each run's plan gave its updates against what happened to them.
 """
 
@@ -87,6 +89,8 @@ def fleet_report(
         + states.get(i, {}).get(HostState.ROLLBACK_FAILED, 0)
         for i in real_ids
     )
+    comp = compliance_over_time(session, runs, plans, now=now, since=since)
+    current = comp["now"]
     kpis = {
         "runs": len(runs),
         "real_runs": len(real),
@@ -103,6 +107,9 @@ def fleet_report(
         "pauses": len(pauses),
         "pause_wait_s": _stats([p["wait_s"] for p in pauses]),
         "pauses_waiting": sum(p["waiting"] for p in pauses),
+        "compliance_ratio": current["ratio"],  # over the judged hosts; None when none is
+        "hosts_judged": current["judged"],
+        "hosts_compliance_unknown": current["unknown"],
     }
     run_rows = [
         {
@@ -133,7 +140,7 @@ def fleet_report(
             "time_to_detect_s": [round(x, 3) for x in ttd],
             "time_to_recover_s": [round(x, 3) for x in ttr],
         },
-        "compliance": compliance_over_time(session, runs, plans, now=now, since=since),
+        "compliance": comp,
         "calibration": calibration(session, real_ids, plans),
     }
 
@@ -214,8 +221,14 @@ def compliance_over_time(
     since: datetime | None,
 ) -> dict[str, Any]:
     """Per (group, OS release), at evenly spaced moments: security updates outstanding on its
-    hosts and the age in days of the oldest (see the module's note on what it counts)."""
+    hosts and the age in days of the oldest (see the module's note on what it counts), and
+    how many of its hosts cannot be judged now; and `now`: the fleet's compliance today, over
+    the hosts that can be judged, with the unknown ones counted per reason."""
+    from patchpilot.store.queries import compliance
+
     labels = q.host_labels(session)
+    current = compliance(session=session, now=now)
+    unknown_hosts = {r.host for r in current.rows if r.compliant is None}
     # (host, start, end or None): a security update outstanding on a host over a span.
     spans: list[tuple[str, datetime, datetime | None]] = [
         (u.host, u.since, None) for u in q.pending_security(session)
@@ -267,13 +280,25 @@ def compliance_over_time(
                 "group": group,
                 "os": os_release,
                 "hosts": len(members),
+                "unknown_now": len(members & unknown_hosts),
                 "outstanding": outstanding,
                 "oldest_days": oldest,
                 "outstanding_now": outstanding[-1] if outstanding else 0,
                 "oldest_days_now": oldest[-1] if oldest else 0.0,
             }
         )
-    return {"at": [t.isoformat(timespec="seconds") for t in points], "series": series}
+    return {
+        "at": [t.isoformat(timespec="seconds") for t in points],
+        "series": series,
+        "now": {
+            "hosts": len(current.rows),
+            "judged": current.judged,
+            "unknown": current.unknown,
+            "unknown_by_reason": {k.value: n for k, n in current.unknown_by_reason().items()},
+            "percent": None if current.percent is None else round(current.percent, 1),
+            "ratio": None if current.percent is None else round(current.percent / 100, 4),
+        },
+    }
 
 
 def _moments(start: datetime, end: datetime) -> list[datetime]:

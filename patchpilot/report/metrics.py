@@ -14,13 +14,20 @@ Families (every name starts with `patchpilot_`):
 | `pending_updates` | gauge | host | pending updates |
 | `pending_security_updates` | gauge | host | pending security updates |
 | `oldest_security_update_age_seconds` | gauge | host | age of the oldest (0: none) |
-| `host_compliant` | gauge | host | 1 when the host misses no security update |
-| `compliance_ratio` | gauge | | share of compliant hosts |
+| `host_compliant` | gauge | host | 1: misses no security update, 0: misses one (judged hosts) |
+| `compliance_ratio` | gauge | | share of compliant hosts among the judged (absent: none) |
+| `compliance_unknown_hosts` | gauge | reason | hosts that cannot be judged, per reason |
 | `rolled_back_hosts_total` | counter | plan | hosts runs rolled back |
 | `rollback_runs_total` | counter | plan | runs that rolled a host back |
 | `time_to_detect_seconds` | summary | | batch patch end to verdict, over every verdict |
 | `time_to_recover_seconds` | summary | | failing verdict to verified rollback |
 | `metrics_generated_timestamp_seconds` | gauge | | when this was written |
+
+A host is judged when its last gather succeeded. One never gathered, or unreachable or failed
+at its last gather (its data is stale), has no `host_compliant` sample and is counted in
+`compliance_unknown_hosts` under `never_gathered`, `unreachable` or `gather_failed` (every
+reason is written, 0 included). With no judged host, `compliance_ratio` has no sample: never
+1 for a fleet nobody looked at.
 """
 
 from __future__ import annotations
@@ -75,7 +82,7 @@ class StoreCollector(Collector):
             steps = q.timed_steps(s, ids)
             verdicts = q.verdict_rows(s, ids)
             hosts = list_hosts(session=s)
-            comp, pct = compliance(session=s, now=now)
+            comp = compliance(session=s, now=now)
             plans = {r[0]: r[1] for r in s.exec(select(Run.id, Run.plan_name))}
 
         last: dict[str, q.RunRow] = {}
@@ -138,7 +145,8 @@ class StoreCollector(Collector):
         )
         compliant = GaugeMetricFamily(
             PREFIX + "host_compliant",
-            "1 when the host misses no security update.",
+            "1 when the host misses no security update, 0 when it misses one; absent when it "
+            "cannot be judged (never gathered, or unreachable or failed at its last gather).",
             labels=["host"],
         )
         oldest = _oldest_security_seconds(self.engine, now)
@@ -146,14 +154,26 @@ class StoreCollector(Collector):
             pending.add_metric([h.name], float(h.pending))
             security.add_metric([h.name], float(h.security))
             age.add_metric([h.name], oldest.get(h.name, 0.0))
-        for c in comp:
-            compliant.add_metric([c.host], 1.0 if c.compliant else 0.0)
+        for c in comp.rows:
+            if c.compliant is not None:
+                compliant.add_metric([c.host], 1.0 if c.compliant else 0.0)
         yield from (pending, security, age, compliant)
-        yield GaugeMetricFamily(
+        ratio = GaugeMetricFamily(
             PREFIX + "compliance_ratio",
-            "Share of hosts that miss no security update.",
-            value=pct / 100.0,
+            "Share of the hosts that could be judged that miss no security update; absent "
+            "when none could be.",
         )
+        if comp.percent is not None:
+            ratio.add_metric([], comp.percent / 100.0)
+        unknown = GaugeMetricFamily(
+            PREFIX + "compliance_unknown_hosts",
+            "Hosts whose compliance cannot be judged, per reason: never gathered, or "
+            "unreachable or failed at their last gather (their data is stale).",
+            labels=["reason"],
+        )
+        for reason, n in comp.unknown_by_reason().items():
+            unknown.add_metric([reason.value], float(n))
+        yield from (ratio, unknown)
 
         rolled_hosts: dict[str, int] = defaultdict(int)
         for run_id, counts in states.items():

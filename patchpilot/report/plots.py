@@ -279,7 +279,8 @@ def durations(ttd: Sequence[float], ttr: Sequence[float], waits: Sequence[float]
 
 
 def compliance(comp: dict[str, Any]) -> str:
-    """Security updates outstanding, and the oldest one's age, per group and OS release."""
+    """Security updates outstanding, and the oldest one's age, per group and OS release;
+    with a note of how many hosts cannot be judged now, when any."""
     at = date2num([datetime.fromisoformat(t) for t in comp["at"]])
     fig = Figure(figsize=(10, 3.2))
     ax1 = fig.add_subplot(1, 2, 1)
@@ -298,6 +299,19 @@ def compliance(comp: dict[str, Any]) -> str:
         ax1.legend(fontsize=6, frameon=False)
     else:
         ax1.text(0.5, 0.5, "no hosts gathered", ha="center", va="center", transform=ax1.transAxes)
+    now = comp.get("now") or {}
+    if now.get("unknown"):
+        fig.text(
+            0.5,
+            1.0,
+            f"{now['unknown']} of {now['hosts']} hosts unknown now (never gathered, or "
+            "unreachable or failed at their last gather): counted as last gathered",
+            ha="center",
+            va="bottom",
+            fontsize=8,
+            color="#b71c1c",
+            gid="compliance-unknown",
+        )
     return _svg(fig)
 
 

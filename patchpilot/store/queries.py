@@ -5,7 +5,8 @@ from __future__ import annotations
 import fnmatch
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from enum import StrEnum
+from typing import Any, NamedTuple
 
 from sqlalchemy import case, func
 from sqlmodel import Session, col, select
@@ -122,29 +123,117 @@ def update_rows(updates: list[PendingUpdate]) -> list[dict[str, Any]]:
     ]
 
 
+class ComplianceStatus(StrEnum):
+    COMPLIANT = "compliant"  # gathered, reachable, no missing security update
+    NON_COMPLIANT = "non-compliant"  # gathered, reachable, at least one missing
+    UNKNOWN = "unknown"  # the store cannot tell: see UnknownReason
+
+
+class UnknownReason(StrEnum):
+    """Why a host's compliance is unknown."""
+
+    NEVER_GATHERED = "never_gathered"  # no gather ever succeeded: there are no facts
+    UNREACHABLE = "unreachable"  # unreachable at its last gather: its facts are older
+    GATHER_FAILED = "gather_failed"  # its last gather failed: its facts are older
+
+    @property
+    def label(self) -> str:
+        return self.value.replace("_", " ")
+
+
 @dataclass
 class ComplianceRow:
+    """One host. For an unknown host, missing_security and oldest_days are what its last
+    successful gather found (0 and None when it was never gathered); they do not judge it."""
+
     host: str
     reachable: bool
-    last_seen: datetime | None
+    last_seen: datetime | None  # the last successful gather
     missing_security: int
     oldest_days: int | None  # age of the oldest missing security update
-    compliant: bool
+    compliant: bool | None  # None: unknown
+    status: ComplianceStatus
+    unknown: UnknownReason | None = None
+    reason: str | None = None  # why unknown, in words, with how old its data is
 
 
-def compliance(
-    *, session: Session, now: datetime | None = None
-) -> tuple[list[ComplianceRow], float]:
-    """Per host: missing security updates and the age of the oldest (from its changelog date,
-    else from when patchpilot first saw it); and the fleet's share of compliant hosts."""
-    now = now or datetime.now(UTC)
+class FleetCompliance(NamedTuple):
+    """Every host's row, and the share of compliant hosts among those that could be judged
+    (None when none could: never 100% for hosts nobody looked at)."""
+
+    rows: list[ComplianceRow]
+    percent: float | None
+
+    @property
+    def judged(self) -> int:
+        return sum(r.status != ComplianceStatus.UNKNOWN for r in self.rows)
+
+    @property
+    def unknown(self) -> int:
+        return len(self.rows) - self.judged
+
+    def unknown_by_reason(self) -> dict[UnknownReason, int]:
+        """How many hosts are unknown for each reason (every reason, 0 included)."""
+        counts = dict.fromkeys(UnknownReason, 0)
+        for r in self.rows:
+            if r.unknown is not None:
+                counts[r.unknown] += 1
+        return counts
+
+
+def _stamp(d: datetime) -> str:
+    return _aware(d).astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def judge_host(host: Host) -> tuple[UnknownReason | None, str | None]:
+    """Whether the store can judge the host's compliance: (None, None) when it can, else why
+    not. It can when the host's last gather succeeded: it was reachable then and its pending
+    updates are what that gather found."""
+    if host.last_seen is None:
+        if not host.reachable:
+            return UnknownReason.NEVER_GATHERED, "never gathered: unreachable"
+        if host.last_error:
+            return UnknownReason.NEVER_GATHERED, "never gathered: the gather failed"
+        return UnknownReason.NEVER_GATHERED, "never gathered"
+    since = f"data from {_stamp(host.last_seen)}"
+    if not host.reachable:
+        return UnknownReason.UNREACHABLE, f"unreachable; {since}"
+    if host.last_error:
+        return UnknownReason.GATHER_FAILED, f"last gather failed; {since}"
+    return None, None
+
+
+def _status(
+    host: Host, *, missing: bool
+) -> tuple[ComplianceStatus, bool | None, UnknownReason | None, str | None]:
+    """The host's status, compliant flag (None: unknown), and why unknown."""
+    unknown, reason = judge_host(host)
+    if unknown is not None:
+        return ComplianceStatus.UNKNOWN, None, unknown, reason
+    if missing:
+        return ComplianceStatus.NON_COMPLIANT, False, None, None
+    return ComplianceStatus.COMPLIANT, True, None, None
+
+
+def _security_by_host(session: Session) -> dict[int, list[PendingUpdate]]:
     security: dict[int, list[PendingUpdate]] = {}
-    for u in session.exec(select(PendingUpdate).where(col(PendingUpdate.security).is_(True))):
+    stmt = select(PendingUpdate).where(col(PendingUpdate.security).is_(True))
+    for u in session.exec(stmt.order_by(col(PendingUpdate.package))):
         security.setdefault(u.host_id, []).append(u)
+    return security
+
+
+def compliance(*, session: Session, now: datetime | None = None) -> FleetCompliance:
+    """Per host: missing security updates and the age of the oldest (from its changelog date,
+    else from when patchpilot first saw it), and whether it is compliant, non-compliant or
+    unknown (see judge_host); and the fleet's share of compliant hosts among the judged."""
+    now = now or datetime.now(UTC)
+    security = _security_by_host(session)
     rows = []
     for host in session.exec(select(Host).order_by(col(Host.name))):
         sec = security.get(host.id or 0, [])
-        ages = [(now - _aware(u.changelog_date or u.first_seen)).days for u in sec]
+        ages = [update_age_days(u, now) for u in sec]
+        status, compliant, unknown, reason = _status(host, missing=bool(sec))
         rows.append(
             ComplianceRow(
                 host.name,
@@ -152,11 +241,15 @@ def compliance(
                 host.last_seen,
                 len(sec),
                 max(ages) if ages else None,
-                not sec,
+                compliant,
+                status,
+                unknown,
+                reason,
             )
         )
-    pct = 100.0 * sum(r.compliant for r in rows) / len(rows) if rows else 100.0
-    return rows, pct
+    judged = [r for r in rows if r.compliant is not None]
+    pct = 100.0 * sum(bool(r.compliant) for r in judged) / len(judged) if judged else None
+    return FleetCompliance(rows, pct)
 
 
 def _aware(dt: datetime) -> datetime:
@@ -170,16 +263,22 @@ def update_age_days(update: PendingUpdate, now: datetime) -> int:
 
 
 def compliance_export(*, session: Session, now: datetime | None = None) -> list[dict[str, Any]]:
-    """`compliance --csv`: one row per host and missing security update (one row with empty
-    update columns for a compliant host), with the host's groups, OS, last boot and
-    reachability, and the update's CVE ids, urgency, origin and age."""
+    """`compliance --csv`: every host of the store, with its groups, OS, last boot,
+    reachability, last seen, `status` (compliant, non-compliant, unknown), `reason` (why
+    unknown, with how old its data is) and `compliant` (yes, no, or empty when unknown).
+
+    One row per host and missing security update, with the update's CVE ids, urgency, origin
+    and age. A compliant host has one row with the update columns empty. An unknown host is
+    never left out nor counted compliant: it has one row per security update its last
+    successful gather found, each marked unknown (what was missing then, not a judgement
+    now), or one row with the update columns empty when that found none or it was never
+    gathered."""
     now = now or datetime.now(UTC)
-    security: dict[int, list[PendingUpdate]] = {}
-    stmt = select(PendingUpdate).where(col(PendingUpdate.security).is_(True))
-    for u in session.exec(stmt.order_by(col(PendingUpdate.package))):
-        security.setdefault(u.host_id, []).append(u)
+    security = _security_by_host(session)
     rows: list[dict[str, Any]] = []
     for host in session.exec(select(Host).order_by(col(Host.name))):
+        updates = security.get(host.id or 0, [])
+        status, compliant, _, reason = _status(host, missing=bool(updates))
         base = {
             "host": host.name,
             "groups": " ".join(host.groups),
@@ -188,15 +287,16 @@ def compliance_export(*, session: Session, now: datetime | None = None) -> list[
             "last_seen": host.last_seen,
             "last_boot": host.boot_time,
             "reboot_required": host.reboot_required,
+            "compliant": compliant,
+            "status": status.value,
+            "reason": reason,
         }
-        updates = security.get(host.id or 0, [])
         if not updates:
-            rows.append({**base, "compliant": True})
+            rows.append(base)
         for u in updates:
             rows.append(
                 {
                     **base,
-                    "compliant": False,
                     "package": u.package,
                     "source": u.source,
                     "installed_version": u.installed_version,

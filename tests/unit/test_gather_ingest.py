@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import copy
+import csv
+import dataclasses
+import io
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -17,7 +20,13 @@ from patchpilot.inventory import ingest_host, normalize_host, record_failure
 from patchpilot.settings import db_url
 from patchpilot.store.db import open_store, session_scope
 from patchpilot.store.models import Host, InstalledPackage, PendingUpdate, Service
-from patchpilot.store.queries import compliance, list_hosts, pending_updates
+from patchpilot.store.queries import (
+    ComplianceStatus,
+    UnknownReason,
+    compliance,
+    list_hosts,
+    pending_updates,
+)
 
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "lab_host_results.json"
 
@@ -178,3 +187,154 @@ def test_unreadable_database_is_one_line_and_exit_2(
     err = capsys.readouterr().err
     assert "cannot open the store" in err and "Traceback" not in err
     assert bad.read_bytes() == b"garbage" * 1000
+
+
+# --- compliance: hosts the store cannot judge are unknown, never compliant --------------------
+
+T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
+# What the table's status column starts with, per host of _fleet_of_four.
+STATUS_CELL = {"db01": "unknown (", "new01": "unknown (", "web01": "NO", "web02": "compliant"}
+
+
+def _fleet_of_four(engine, results) -> None:  # type: ignore[no-untyped-def]
+    """web01 gathered with security updates pending; web02 gathered clean; new01 never
+    gathered (unreachable at the one gather it was in); db01 gathered clean at T0, then
+    unreachable: the two last would look compliant if their missing facts counted as none."""
+    facts = normalize_host("web01", results, groups=["web"])
+    clean = copy.deepcopy(facts)
+    clean.updates = []
+    with session_scope(engine) as s:
+        ingest_host(s, facts, now=T0)
+        ingest_host(s, dataclasses.replace(clean, name="web02"), now=T0)
+        ingest_host(s, dataclasses.replace(clean, name="db01", groups=["db"]), now=T0)
+    with session_scope(engine) as s:
+        record_failure(s, "new01", "Failed to connect to the host via ssh", unreachable=True)
+        record_failure(s, "db01", "Failed to connect to the host via ssh", unreachable=True)
+
+
+def test_never_gathered_and_unreachable_hosts_are_unknown_not_compliant(engine, results) -> None:  # type: ignore[no-untyped-def]
+    _fleet_of_four(engine, results)
+    with session_scope(engine) as s:
+        fleet = compliance(session=s, now=T0 + timedelta(days=3))
+    by_host = {r.host: r for r in fleet.rows}
+    assert {h: r.status for h, r in by_host.items()} == {
+        "db01": ComplianceStatus.UNKNOWN,
+        "new01": ComplianceStatus.UNKNOWN,
+        "web01": ComplianceStatus.NON_COMPLIANT,
+        "web02": ComplianceStatus.COMPLIANT,
+    }
+    compliant = {h: r.compliant for h, r in by_host.items()}
+    assert compliant == {"db01": None, "new01": None, "web01": False, "web02": True}
+    assert by_host["new01"].unknown == UnknownReason.NEVER_GATHERED
+    assert by_host["new01"].reason == "never gathered: unreachable"
+    # Gathered while reachable, unreachable since: its data is stale, and says from when.
+    assert by_host["db01"].unknown == UnknownReason.UNREACHABLE
+    assert by_host["db01"].reason == "unreachable; data from 2026-11-01 12:00 UTC"
+    assert by_host["web01"].reason is None and by_host["web02"].unknown is None
+    # The share is over the two judged hosts, and the two others are counted apart.
+    assert fleet.percent == 50.0
+    assert (fleet.judged, fleet.unknown) == (2, 2)
+    assert fleet.unknown_by_reason() == {
+        UnknownReason.NEVER_GATHERED: 1,
+        UnknownReason.UNREACHABLE: 1,
+        UnknownReason.GATHER_FAILED: 0,
+    }
+
+
+def test_a_host_whose_last_gather_failed_is_unknown_until_one_succeeds(engine, results) -> None:  # type: ignore[no-untyped-def]
+    clean = normalize_host("app01", results)
+    clean.updates = []
+    with session_scope(engine) as s:
+        ingest_host(s, clean, now=T0)
+    with session_scope(engine) as s:
+        record_failure(s, "app01", "apt-get update failed", unreachable=False)
+    with session_scope(engine) as s:
+        (row,) = compliance(session=s).rows
+    assert (row.status, row.unknown) == (ComplianceStatus.UNKNOWN, UnknownReason.GATHER_FAILED)
+    assert row.reason == "last gather failed; data from 2026-11-01 12:00 UTC"
+    with session_scope(engine) as s:
+        ingest_host(s, clean)
+    with session_scope(engine) as s:
+        fleet = compliance(session=s)
+    assert fleet.rows[0].status == ComplianceStatus.COMPLIANT and fleet.percent == 100.0
+
+
+def test_compliance_cli_reports_unknown_hosts_in_table_json_and_csv(
+    tmp_path: Path,
+    results,  # type: ignore[no-untyped-def]
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    db = tmp_path / "pp.db"
+    _fleet_of_four(open_store(db_url(str(db))), results)
+    capsys.readouterr()
+
+    assert main(["--db", str(db), "compliance"]) == ExitCode.OK
+    out, err = capsys.readouterr()
+    assert (
+        "fleet compliance: 50.0% of 2 judged hosts have no missing security update; "
+        "2 hosts unknown (1 never gathered, 1 unreachable)"
+    ) in err
+    # The status column, on the first line of each host's row (a long reason may wrap).
+    for host, status in STATUS_CELL.items():
+        line = next(ln for ln in out.splitlines() if f" {host} " in ln)
+        assert status in line, (host, line)
+
+    assert main(["--db", str(db), "compliance", "--json"]) == ExitCode.OK
+    report = json.loads(capsys.readouterr().out)
+    assert (report["compliance_percent"], report["judged"], report["unknown"]) == (50.0, 2, 2)
+    assert report["unknown_by_reason"] == {
+        "never_gathered": 1,
+        "unreachable": 1,
+        "gather_failed": 0,
+    }
+    hosts = {h["host"]: h for h in report["hosts"]}
+    assert {h: (r["status"], r["compliant"]) for h, r in hosts.items()} == {
+        "db01": ("unknown", None),
+        "new01": ("unknown", None),
+        "web01": ("non-compliant", False),
+        "web02": ("compliant", True),
+    }
+    assert hosts["new01"]["reason"] == "never gathered: unreachable"
+    assert hosts["db01"]["reason"] == "unreachable; data from 2026-11-01 12:00 UTC"
+
+    assert main(["--db", str(db), "compliance", "--csv"]) == ExitCode.OK
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    per_host = {r["host"]: r for r in rows}
+    assert set(per_host) == {"db01", "new01", "web01", "web02"}  # nobody left out
+    for host in ("db01", "new01"):
+        assert (per_host[host]["status"], per_host[host]["compliant"]) == ("unknown", "")
+        assert per_host[host]["reason"] == hosts[host]["reason"]
+    assert {r["status"] for r in rows if r["host"] == "web01"} == {"non-compliant"}
+    assert (per_host["web02"]["status"], per_host["web02"]["compliant"]) == ("compliant", "yes")
+
+
+def test_an_empty_store_has_unknown_compliance_not_100_percent(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = tmp_path / "pp.db"
+    with session_scope(open_store(db_url(str(db)))) as s:
+        fleet = compliance(session=s)
+    assert (fleet.rows, fleet.percent, fleet.judged, fleet.unknown) == ([], None, 0, 0)
+    capsys.readouterr()
+    assert main(["--db", str(db), "compliance"]) == ExitCode.OK
+    err = capsys.readouterr().err
+    assert "fleet compliance: unknown — no host could be judged" in err and "%" not in err
+    assert main(["--db", str(db), "compliance", "--json"]) == ExitCode.OK
+    report = json.loads(capsys.readouterr().out)
+    assert (report["compliance_percent"], report["judged"], report["unknown"]) == (None, 0, 0)
+
+
+def test_with_no_judged_host_the_summary_says_why_each_is_unknown(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = tmp_path / "pp.db"
+    with session_scope(open_store(db_url(str(db)))) as s:
+        record_failure(s, "new01", "Failed to connect to the host via ssh", unreachable=True)
+        record_failure(s, "new02", "Failed to connect to the host via ssh", unreachable=True)
+        s.add(Host(name="old01", last_seen=T0, reachable=False, last_error="timed out"))
+    capsys.readouterr()
+    assert main(["--db", str(db), "compliance"]) == ExitCode.OK
+    assert (
+        "fleet compliance: unknown — no host could be judged (2 never gathered, 1 unreachable)"
+        in capsys.readouterr().err
+    )

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ from patchpilot.report.fleet import fleet_report
 from patchpilot.report.metrics import TEXTFILE, update_if_configured, write_textfile
 from patchpilot.run.states import HostState, RunState
 from patchpilot.store.db import session_scope
-from patchpilot.store.models import RunHost
+from patchpilot.store.models import Host, RunHost
 from tests.unit.test_report import fill_store
 
 FAMILIES = {
@@ -32,6 +32,7 @@ FAMILIES = {
     "patchpilot_oldest_security_update_age_seconds": "gauge",
     "patchpilot_host_compliant": "gauge",
     "patchpilot_compliance_ratio": "gauge",
+    "patchpilot_compliance_unknown_hosts": "gauge",
     "patchpilot_rolled_back_hosts": "counter",
     "patchpilot_rollback_runs": "counter",
     "patchpilot_time_to_detect_seconds": "summary",
@@ -93,6 +94,10 @@ def test_every_metric_family_matches_the_store(store, tmp_path: Path) -> None:  
         age = v("patchpilot_oldest_security_update_age_seconds", host=host)
         assert age == pytest.approx(12 * 86400, abs=5) if security else age == 0.0
     assert v("patchpilot_compliance_ratio") == pytest.approx(0.4)
+    assert m["patchpilot_compliance_unknown_hosts"] == {
+        ("patchpilot_compliance_unknown_hosts", (("reason", r),)): 0.0
+        for r in ("never_gathered", "unreachable", "gather_failed")
+    }
     assert v("patchpilot_rolled_back_hosts", "patchpilot_rolled_back_hosts_total", plan=plan) == 1
     assert v("patchpilot_rollback_runs", "patchpilot_rollback_runs_total", plan=plan) == 1
     ttd, ttr = fleet["kpis"]["time_to_detect_s"], fleet["kpis"]["time_to_recover_s"]
@@ -106,6 +111,50 @@ def test_every_metric_family_matches_the_store(store, tmp_path: Path) -> None:  
         pytest.approx(ttr["sum"], abs=0.01)
     )
     assert v("patchpilot_metrics_generated_timestamp_seconds") == pytest.approx(now.timestamp())
+
+
+def test_hosts_that_cannot_be_judged_have_no_compliant_sample_and_are_counted(
+    store, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    from patchpilot.inventory import record_failure
+
+    engine, _, _ = store
+    now = datetime.now(UTC)
+    with session_scope(engine) as s:
+        # db01 was gathered clean two days ago and is unreachable since; new01 never answered.
+        s.add(Host(name="db01", groups=["db"], last_seen=now - timedelta(days=2)))
+        record_failure(s, "db01", "Failed to connect to the host via ssh", unreachable=True)
+        record_failure(s, "new01", "Failed to connect to the host via ssh", unreachable=True)
+        record_failure(s, "new02", "the gather playbook returned no result", unreachable=False)
+    m = _parse(write_textfile(engine, tmp_path / "tf", now=now).read_text())
+    compliant = {
+        dict(labels)["host"]: v for (_, labels), v in m["patchpilot_host_compliant"].items()
+    }
+    assert compliant == {f"web{i:02d}": 0.0 if i <= 3 else 1.0 for i in range(1, 6)}
+    unknown = {
+        dict(labels)["reason"]: v
+        for (_, labels), v in m["patchpilot_compliance_unknown_hosts"].items()
+    }
+    assert unknown == {"never_gathered": 2.0, "unreachable": 1.0, "gather_failed": 0.0}
+    # Over the five judged hosts only: 2 of 5, as before the three unknown ones came.
+    (ratio,) = m["patchpilot_compliance_ratio"].values()
+    assert ratio == pytest.approx(0.4)
+
+
+def test_with_no_judged_host_there_is_no_ratio_sample(tmp_path: Path) -> None:
+    from patchpilot.inventory import record_failure
+    from patchpilot.settings import db_url
+    from patchpilot.store.db import open_store
+
+    engine = open_store(db_url(str(tmp_path / "pp.db")))
+    m = _parse(write_textfile(engine, tmp_path / "empty").read_text())
+    assert "patchpilot_compliance_ratio" not in m and "patchpilot_host_compliant" not in m
+    with session_scope(engine) as s:
+        record_failure(s, "new01", "Failed to connect to the host via ssh", unreachable=True)
+    m = _parse(write_textfile(engine, tmp_path / "one").read_text())
+    assert "patchpilot_compliance_ratio" not in m and "patchpilot_host_compliant" not in m
+    unknown = m["patchpilot_compliance_unknown_hosts"]
+    assert unknown[("patchpilot_compliance_unknown_hosts", (("reason", "never_gathered"),))] == 1
 
 
 def test_the_cli_writes_the_textfile_and_prints_the_exposition(
@@ -161,6 +210,8 @@ def test_compliance_and_patches_csv_carry_cves_urgency_origin_and_age(
         assert (r["urgency"], r["origin"], r["age_days"]) == ("medium", "Debian-Security", "12")
         assert r["os"] == "Debian 12 (bookworm)" and r["last_boot"]
     assert all(r["package"] == "" for r in rows if r["compliant"] == "yes")
+    assert {r["status"] for r in missing} == {"non-compliant"}
+    assert {r["status"] for r in rows if r["compliant"] == "yes"} == {"compliant"}
     assert main(["--db", db, "patches", "list", "--csv", "--security"]) == ExitCode.OK
     rows = _csv(capsys.readouterr().out)
     assert len(rows) == 3 and {r["cves"] for r in rows} == {"2"}

@@ -116,6 +116,7 @@ def fill_store(path: Path, *, hostile: bool = False) -> tuple[Any, str, str]:
                 distribution_version="12",
                 distribution_release="bookworm",
                 boot_time=now - timedelta(days=9),
+                last_seen=now - timedelta(hours=1),  # gathered: its compliance can be judged
             )
             s.add(host)
             s.flush()
@@ -200,6 +201,8 @@ def test_the_fleet_report_counts_what_the_store_holds(store) -> None:  # type: i
         12, abs=0.1
     )
     assert series["outstanding"][0] <= series["outstanding"][-1]
+    assert series["unknown_now"] == 0
+    assert (k["compliance_ratio"], k["hosts_judged"], k["hosts_compliance_unknown"]) == (0.4, 5, 0)
     cal = d["calibration"]
     assert (cal["patches"], cal["scored"], cal["failed"]) == (6, 6, 1)  # 5 healthy, 1 rolled back
     by_bin = {(b["low"], b["high"]): b for b in cal["bins"]}
@@ -210,6 +213,65 @@ def test_the_fleet_report_counts_what_the_store_holds(store) -> None:  # type: i
     with session_scope(engine) as s:
         recent = fleet_report(s, since=datetime.now(UTC) - timedelta(days=1))
     assert recent["kpis"]["runs"] == 1 and recent["kpis"]["success_rate"] == 0.0
+
+
+def test_the_fleet_report_shows_hosts_it_cannot_judge_apart(store) -> None:  # type: ignore[no-untyped-def]
+    from patchpilot.inventory import record_failure
+
+    engine, _, _ = store
+    now = datetime.now(UTC)
+    with session_scope(engine) as s:
+        s.add(
+            Host(
+                name="web06",
+                groups=["web"],
+                distribution="Debian",
+                distribution_version="12",
+                distribution_release="bookworm",
+                last_seen=now - timedelta(days=2),
+            )
+        )
+        record_failure(s, "web06", "Failed to connect to the host via ssh", unreachable=True)
+        record_failure(s, "new01", "Failed to connect to the host via ssh", unreachable=True)
+    with session_scope(engine) as s:
+        d = fleet_report(s, now=now)
+    k = d["kpis"]
+    # 2 of the 5 judged hosts are compliant: the two unknown ones count in neither side.
+    assert (k["compliance_ratio"], k["hosts_judged"], k["hosts_compliance_unknown"]) == (0.4, 5, 2)
+    assert d["compliance"]["now"]["unknown_by_reason"] == {
+        "never_gathered": 1,
+        "unreachable": 1,
+        "gather_failed": 0,
+    }
+    series = {x["key"]: x for x in d["compliance"]["series"]}
+    assert series["web · Debian 12 (bookworm)"]["unknown_now"] == 1
+    assert (
+        series["web · Debian 12 (bookworm)"]["hosts"],
+        series["(no group) · unknown"]["unknown_now"],
+    ) == (6, 1)
+    html = render_fleet(d)
+    assert 'data-kpi="compliance_ratio" data-value="0.4">40.0%' in html
+    assert 'data-kpi="compliance_hosts_unknown" data-value="2">2' in html
+    assert "compliant (of 5 judged hosts)" in html
+    assert "2 of 7 hosts unknown (1 never gathered, 1 unreachable)" in html
+    assert "2 of 7 hosts unknown now" in html  # the note drawn on the chart
+
+
+def test_a_fleet_report_with_no_judged_host_says_unknown_not_100_percent(tmp_path: Path) -> None:
+    from patchpilot.inventory import record_failure
+
+    engine = open_store(db_url(str(tmp_path / "pp.db")))
+    with session_scope(engine) as s:
+        empty = fleet_report(s)
+    assert empty["kpis"]["compliance_ratio"] is None and empty["compliance"]["now"]["hosts"] == 0
+    assert 'data-kpi="compliance_ratio" data-value="">unknown' in render_fleet(empty)
+    with session_scope(engine) as s:
+        record_failure(s, "new01", "Failed to connect to the host via ssh", unreachable=True)
+    with session_scope(engine) as s:
+        d = fleet_report(s)
+    assert (d["kpis"]["compliance_ratio"], d["kpis"]["hosts_compliance_unknown"]) == (None, 1)
+    html = render_fleet(d)
+    assert "compliance unknown — no host could be judged; 1 of 1 hosts unknown" in html
 
 
 def test_host_text_is_escaped_and_the_page_loads_nothing(store) -> None:  # type: ignore[no-untyped-def]
