@@ -252,7 +252,8 @@ def runs_over_time(runs: Sequence[dict[str, Any]]) -> str:
     step = max(1, len(order) // 12)
     ax.set_xticks(range(0, len(order), step), order[::step], rotation=20, ha="right", fontsize=7)
     ax.set_ylabel("runs")
-    ax.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    if order:  # no runs yet: an empty chart without a legend of nothing
+        ax.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return _svg(fig)
 
 

@@ -49,16 +49,23 @@ def installed(lab: LabFleet, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     pp("lab", "demo")
 
 
-def _run(cmd: Path, *args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+def _run(
+    cmd: Path,
+    *args: str,
+    cwd: Path,
+    check: bool = True,
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    run_env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    run_env.update(env or {})
     # Nothing of the checkout's virtualenv on PATH: the package must find its own Ansible.
-    env["PATH"] = os.pathsep.join(
-        p for p in env.get("PATH", "").split(os.pathsep) if not p.startswith(str(ROOT))
+    run_env["PATH"] = os.pathsep.join(
+        p for p in run_env.get("PATH", "").split(os.pathsep) if not p.startswith(str(ROOT))
     )
     proc = subprocess.run(
         [str(cmd), *args],
         cwd=cwd,
-        env=env,
+        env=run_env,
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
