@@ -95,11 +95,14 @@ def test_the_installed_wheel_gathers_plans_and_applies_from_anywhere(
     assert collections.startswith(str(venv))
     doc = _run(
         venv / "bin" / "ansible-doc",
+        "--json",
         "patchpilot.fleet.patchpilot_patch",
         cwd=elsewhere,
         env={"ANSIBLE_COLLECTIONS_PATH": collections},
     )
-    assert "exact-version install" in doc.stdout
+    module = json.loads(doc.stdout)["patchpilot.fleet.patchpilot_patch"]
+    assert "exact-version install" in module["doc"]["short_description"]
+    assert module["doc"]["filename"].startswith(str(venv))
 
     db = ["--db", str(tmp_path / "pp.db")]
     inv = ["-i", str(lab.inventory), "--limit", ":".join(HOSTS)]

@@ -128,7 +128,8 @@ def _write_forms(root: Path) -> dict[str, Path]:
     yaml.write_text(YAML)
     directory = root / "fleet.d"
     directory.mkdir()
-    (directory / "web.ini").write_text(DIR_WEB_INI)
+    # No extension: Ansible before 2.19 skips *.ini files in an inventory directory.
+    (directory / "web").write_text(DIR_WEB_INI)
     (directory / "db.yml").write_text(DIR_DB_YAML)
     script = root / "fleet.py"
     script.write_text(_script())
