@@ -334,25 +334,31 @@ def calibration(
                 unscored += 1
             else:
                 pairs.append((float(p), bad))
+    probs = np.fromiter((p for p, _ in pairs), dtype=float, count=len(pairs))
+    went_wrong = np.fromiter((b for _, b in pairs), dtype=bool, count=len(pairs))
     bins = []
     for lo, hi in itertools.pairwise(CALIBRATION_BINS):
-        inside = [(p, b) for p, b in pairs if lo <= p < hi or (hi == 1.0 and p == 1.0)]
+        mask = (probs >= lo) & (probs < hi)
+        if hi == 1.0:
+            mask |= probs == 1.0
+        n = int(mask.sum())
+        failed = int(went_wrong[mask].sum())
         bins.append(
             {
                 "low": lo,
                 "high": hi,
-                "n": len(inside),
-                "predicted": round(statistics.fmean(p for p, _ in inside), 4) if inside else None,
-                "observed": round(sum(b for _, b in inside) / len(inside), 4) if inside else None,
-                "failed": sum(b for _, b in inside),
+                "n": n,
+                "predicted": round(float(probs[mask].mean()), 4) if n else None,
+                "observed": round(failed / n, 4) if n else None,
+                "failed": failed,
             }
         )
-    brier = round(statistics.fmean((p - float(b)) ** 2 for p, b in pairs), 4) if pairs else None
+    brier = round(float(((probs - went_wrong) ** 2).mean()), 4) if pairs else None
     return {
         "patches": len(pairs) + unscored,
         "scored": len(pairs),
         "unscored": unscored,
-        "failed": sum(b for _, b in pairs),
+        "failed": int(went_wrong.sum()),
         "brier": brier,
         "bins": bins,
     }

@@ -236,19 +236,25 @@ def runs_over_time(runs: Sequence[dict[str, Any]]) -> str:
     order = sorted(days)
     fig = Figure(figsize=(10, 2.8))
     ax = fig.add_subplot()
+    # One filled step outline per state, not a bar per day and state: a year of daily runs
+    # draws (and weighs in the SVG) as a handful of paths.
+    edges = [i - 0.5 for i in range(len(order) + 1)]
     bottom = [0] * len(order)
     for status, colour in STATUS_COLOURS.items():
         values = [days[d].get(status, 0) for d in order]
         if any(values):
-            ax.bar(
-                range(len(order)),
-                values,
-                bottom=bottom,
+            top = [b + v for b, v in zip(bottom, values, strict=True)]
+            ax.stairs(
+                top,
+                edges,
+                baseline=bottom,
+                fill=True,
                 color=colour,
                 label=status,
                 gid=f"runs-{status}",
             )
-            bottom = [b + v for b, v in zip(bottom, values, strict=True)]
+            bottom = top
+    ax.set_ylim(bottom=0)
     step = max(1, len(order) // 12)
     ax.set_xticks(range(0, len(order), step), order[::step], rotation=20, ha="right", fontsize=7)
     ax.set_ylabel("runs")
@@ -269,7 +275,13 @@ def durations(ttd: Sequence[float], ttr: Sequence[float], waits: Sequence[float]
     ):
         ax = fig.add_subplot(1, 3, i + 1)
         if values:
-            ax.hist(values, bins=min(30, max(5, len(values) // 5)), color=colour, gid=f"hist-{i}")
+            ax.hist(
+                values,
+                bins=min(30, max(5, len(values) // 5)),
+                histtype="stepfilled",  # one path, not a patch per bin
+                color=colour,
+                gid=f"hist-{i}",
+            )
         else:
             ax.text(
                 0.5, 0.5, "none yet", ha="center", va="center", transform=ax.transAxes, color="#777"

@@ -143,7 +143,9 @@ def patched_hosts(
     stmt = select(RunHost.run_id, RunHost.host, RunHost.status, RunHost.patched_at).where(
         col(RunHost.patched_at).is_not(None)
     )
-    return [(r[0], r[1], r[2], aware(r[3])) for r in session.exec(stmt) if r[0] in run_ids]
+    # Core rows, not ORM ones: a long history has hundreds of thousands of them.
+    rows = session.connection().execute(stmt)
+    return [(r[0], r[1], r[2], aware(r[3])) for r in rows if r[0] in run_ids]
 
 
 def outcomes_by_run(session: Session, run_ids: set[str]) -> dict[str, list[tuple[str, str, str]]]:
@@ -152,7 +154,7 @@ def outcomes_by_run(session: Session, run_ids: set[str]) -> dict[str, list[tuple
     stmt = select(
         PatchOutcome.run_id, PatchOutcome.host, PatchOutcome.package, PatchOutcome.outcome
     )
-    for run_id, host, package, outcome in session.exec(stmt):
+    for run_id, host, package, outcome in session.connection().execute(stmt):
         if run_id in run_ids:
             out.setdefault(run_id, []).append((host, package, outcome))
     return out
@@ -164,7 +166,7 @@ def planned_updates(session: Session, run_ids: set[str]) -> dict[str, list[dict[
     # Only the plan's hosts leave the database: the rest of a frozen plan (its spec and
     # inventory snapshot) is most of its size.
     hosts = col(Run.plan)["expansion"]["hosts"]
-    for run_id, planned in session.execute(columns(col(Run.id), hosts)):
+    for run_id, planned in session.connection().execute(columns(col(Run.id), hosts)):
         if run_id in run_ids:
             out[run_id] = list(planned or [])
     return out
