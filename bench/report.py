@@ -32,6 +32,7 @@ from patchpilot.store.models import (
     Run,
     RunHost,
     RunStep,
+    RunUpdate,
     RunVerdict,
 )
 
@@ -110,6 +111,7 @@ def build(path: Path, runs: int, hosts: int, seed: int = 1) -> None:
                 for b, batch in enumerate(batches)
                 for n in batch
             ]
+            planned = {h["name"]: h["updates"] for h in plan_hosts}
             plan = {
                 "expansion": {"stages": [{"name": "canary"}, {"name": "rest"}], "hosts": plan_hosts}
             }
@@ -224,7 +226,7 @@ def build(path: Path, runs: int, hosts: int, seed: int = 1) -> None:
                             "batch": bi,
                             "order": order,
                             "status": state,
-                            "updates": [],
+                            "updates": planned[n],
                             "snapshot": {},
                             "patched_at": t if done else None,
                             "updated_at": t,
@@ -251,6 +253,21 @@ def build(path: Path, runs: int, hosts: int, seed: int = 1) -> None:
             c.execute(insert(RunStep), steps)
             c.execute(insert(RunVerdict), verdicts)
             c.execute(insert(RunHost), hosts_rows)
+            # As the journal writes a run: its plan's updates as narrow rows too.
+            c.execute(
+                insert(RunUpdate),
+                [
+                    {
+                        "run_id": run_id,
+                        "host": h["name"],
+                        "package": u["package"],
+                        "security": u["security"],
+                        "probability": u["probability"],
+                    }
+                    for h in plan_hosts
+                    for u in h["updates"]
+                ],
+            )
             c.execute(insert(PatchOutcome), outcomes)
     engine.dispose()
 

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 from sqlmodel import Session
 
-from patchpilot.run.states import FINISHED, HostState, Outcome, RunState
+from patchpilot.run.states import FINISHED, HostState, RunState
 from patchpilot.store import reports as q
 
 # Runs that say nothing about how patching goes: dry runs and runs refused for locked hosts.
@@ -68,7 +68,6 @@ def fleet_report(
     states = q.host_state_counts(session, ids)
     steps = q.timed_steps(session, ids)
     verdicts = q.verdict_rows(session, ids)
-    plans = q.planned_updates(session, ids)  # each frozen plan read once: the costly part
 
     real = [r for r in runs if not r.check_mode and r.status not in NOT_REAL]
     finished = [r for r in real if r.status in FINISHED]
@@ -89,7 +88,7 @@ def fleet_report(
         + states.get(i, {}).get(HostState.ROLLBACK_FAILED, 0)
         for i in real_ids
     )
-    comp = compliance_over_time(session, runs, plans, now=now, since=since)
+    comp = compliance_over_time(session, runs, now=now, since=since)
     current = comp["now"]
     kpis = {
         "runs": len(runs),
@@ -141,7 +140,7 @@ def fleet_report(
             "time_to_recover_s": [round(x, 3) for x in ttr],
         },
         "compliance": comp,
-        "calibration": calibration(session, real_ids, plans),
+        "calibration": calibration(session, real_ids),
     }
 
 
@@ -215,7 +214,6 @@ def _series_key(group: str, os_release: str) -> str:
 def compliance_over_time(
     session: Session,
     runs: Sequence[q.RunRow],
-    plans: dict[str, list[dict[str, Any]]],
     *,
     now: datetime,
     since: datetime | None,
@@ -233,20 +231,12 @@ def compliance_over_time(
     spans: list[tuple[str, datetime, datetime | None]] = [
         (u.host, u.since, None) for u in q.pending_security(session)
     ]
-    ids = {r.id for r in runs}
-    patched = {(run, host): (state, at) for run, host, state, at in q.patched_hosts(session, ids)}
     evaluated = {r.id: r.started_at for r in runs}
-    for run_id, hosts in plans.items():
-        start = evaluated.get(run_id)
-        if start is None:
-            continue
-        for h in hosts:
-            state, at = patched.get((run_id, h.get("name", "")), (None, None))
-            if state != HostState.HEALTHY or at is None:
-                continue
-            for u in h.get("updates") or []:
-                if u.get("security"):
-                    spans.append((h["name"], min(start, at), at))
+    # Each security update a run's plan gave a host it left healthy: outstanding from the
+    # run's start (or the patch, when earlier) until the patch.
+    for run_id, host, at, n in q.security_patched(session, set(evaluated)):
+        start = evaluated[run_id]
+        spans.extend([(host, min(start, at), at)] * n)
     first = min(
         [s for _, s, _ in spans] + [r.started_at for r in runs] + [now - timedelta(days=30)]
     )
@@ -313,52 +303,34 @@ def _moments(start: datetime, end: datetime) -> list[datetime]:
     return out
 
 
-def calibration(
-    session: Session, real_ids: set[str], plans: dict[str, list[dict[str, Any]]]
-) -> dict[str, Any]:
+def calibration(session: Session, real_ids: set[str]) -> dict[str, Any]:
     """Each patch a run recorded, with the regression probability its plan gave the update,
     binned: the mean predicted probability against the share that went wrong."""
-    outcomes = q.outcomes_by_run(session, real_ids)
-    pairs: list[tuple[float, bool]] = []
-    unscored = 0
-    for run_id, rows in outcomes.items():
-        prob = {
-            (h.get("name"), u["package"]): u.get("probability")
-            for h in plans.get(run_id, [])
-            for u in h.get("updates") or []
-        }
-        for host, package, outcome in rows:
-            p = prob.get((host, package))
-            bad = outcome != Outcome.HEALTHY
-            if p is None:
-                unscored += 1
-            else:
-                pairs.append((float(p), bad))
-    probs = np.fromiter((p for p, _ in pairs), dtype=float, count=len(pairs))
-    went_wrong = np.fromiter((b for _, b in pairs), dtype=bool, count=len(pairs))
+    cells = q.calibration_cells(session, real_ids, CALIBRATION_BINS)
+    scored = [c for c in cells if c.bin is not None]
+    unscored = sum(c.n for c in cells if c.bin is None)
+    n_scored = sum(c.n for c in scored)
     bins = []
-    for lo, hi in itertools.pairwise(CALIBRATION_BINS):
-        mask = (probs >= lo) & (probs < hi)
-        if hi == 1.0:
-            mask |= probs == 1.0
-        n = int(mask.sum())
-        failed = int(went_wrong[mask].sum())
+    for i, (lo, hi) in enumerate(itertools.pairwise(CALIBRATION_BINS)):
+        inside = [c for c in scored if c.bin == i]
+        n = sum(c.n for c in inside)
+        failed = sum(c.n for c in inside if c.went_wrong)
         bins.append(
             {
                 "low": lo,
                 "high": hi,
                 "n": n,
-                "predicted": round(float(probs[mask].mean()), 4) if n else None,
+                "predicted": round(sum(c.sum_p for c in inside) / n, 4) if n else None,
                 "observed": round(failed / n, 4) if n else None,
                 "failed": failed,
             }
         )
-    brier = round(float(((probs - went_wrong) ** 2).mean()), 4) if pairs else None
+    brier = round(sum(c.sum_sq for c in scored) / n_scored, 4) if n_scored else None
     return {
-        "patches": len(pairs) + unscored,
-        "scored": len(pairs),
+        "patches": n_scored + unscored,
+        "scored": n_scored,
         "unscored": unscored,
-        "failed": int(went_wrong.sum()),
+        "failed": sum(c.n for c in scored if c.went_wrong),
         "brier": brier,
         "bins": bins,
     }

@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
+from sqlalchemy import insert
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
@@ -39,6 +40,7 @@ from patchpilot.store.models import (
     Run,
     RunHost,
     RunStep,
+    RunUpdate,
     RunVerdict,
 )
 
@@ -59,11 +61,26 @@ def load_run(engine: Engine, run_id: str) -> Run:
 def create_run(
     engine: Engine, run: Run, rows: Sequence[RunHost], action: str, **detail: Any
 ) -> None:
-    """The run's row, its hosts' rows and the audit of its start, in one transaction."""
+    """The run's row, its hosts' rows (and their planned updates as `RunUpdate` rows) and the
+    audit of its start, in one transaction."""
     with session_scope(engine) as s:
         s.add(run)
         for h in rows:
             s.add(h)
+        s.flush()
+        updates = [
+            {
+                "run_id": run.id,
+                "host": h.host,
+                "package": str(u.get("package", "")),
+                "security": bool(u.get("security")),
+                "probability": u.get("probability"),
+            }
+            for h in rows
+            for u in h.updates
+        ]
+        if updates:
+            s.execute(insert(RunUpdate), updates)
         audit(s, action, run_id=run.id, **detail)
 
 

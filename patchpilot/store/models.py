@@ -206,6 +206,21 @@ class RunHost(SQLModel, table=True):
     updated_at: datetime = Field(default_factory=utcnow)
 
 
+class RunUpdate(SQLModel, table=True):
+    """One update a run's frozen plan gives one host, as a narrow row: what the fleet report
+    joins with outcomes and host states, so it need not decode every frozen plan. The plan
+    itself (`Run.plan`) stays the record; these rows are written with the run."""
+
+    __table_args__ = (Index("ix_runupdate_run_host", "run_id", "host"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: str = Field(foreign_key="run.id", ondelete="CASCADE")
+    host: str
+    package: str
+    security: bool = False
+    probability: float | None = None
+
+
 class RunVerdict(SQLModel, table=True):
     """A batch's health verdict with all its evidence."""
 

@@ -3,14 +3,15 @@ report over thousands of runs stays fast (bench/report.py)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
-from sqlalchemy import func
+from sqlalchemy import case, func
 from sqlalchemy import select as columns
 from sqlmodel import Session, col, select
 
+from patchpilot.run.states import HostState, Outcome
 from patchpilot.store.models import (
     Host,
     PatchOutcome,
@@ -18,6 +19,7 @@ from patchpilot.store.models import (
     Run,
     RunHost,
     RunStep,
+    RunUpdate,
     RunVerdict,
 )
 
@@ -136,40 +138,92 @@ def verdict_rows(session: Session, run_ids: set[str]) -> list[VerdictRow]:
     ]
 
 
-def patched_hosts(
-    session: Session, run_ids: set[str]
-) -> list[tuple[str, str, str, datetime | None]]:
-    """(run id, host, state, patched at) of every host a run got to."""
-    stmt = select(RunHost.run_id, RunHost.host, RunHost.status, RunHost.patched_at).where(
-        col(RunHost.patched_at).is_not(None)
+def security_patched(session: Session, run_ids: set[str]) -> list[tuple[str, str, datetime, int]]:
+    """(run id, host, patched at, n): each host a run left healthy, with the number of
+    security updates its plan gave it (none: not listed)."""
+    stmt = (
+        columns(col(RunHost.run_id), col(RunHost.host), col(RunHost.patched_at), func.count())
+        .join(
+            RunUpdate,
+            (col(RunUpdate.run_id) == col(RunHost.run_id)) & (col(RunUpdate.host) == RunHost.host),
+        )
+        .where(
+            col(RunHost.status) == HostState.HEALTHY,
+            col(RunHost.patched_at).is_not(None),
+            col(RunUpdate.security).is_(True),
+        )
+        .group_by(col(RunHost.run_id), col(RunHost.host), col(RunHost.patched_at))
     )
     # Core rows, not ORM ones: a long history has hundreds of thousands of them.
-    rows = session.connection().execute(stmt)
-    return [(r[0], r[1], r[2], aware(r[3])) for r in rows if r[0] in run_ids]
+    out = []
+    for run_id, host, at, n in session.connection().execute(stmt):
+        if run_id in run_ids and at is not None:  # never None: the query asks for it
+            out.append((run_id, host, at if at.tzinfo else at.replace(tzinfo=UTC), int(n)))
+    return out
 
 
-def outcomes_by_run(session: Session, run_ids: set[str]) -> dict[str, list[tuple[str, str, str]]]:
-    """Per run: (host, package, outcome) of each patch it recorded for the risk model."""
-    out: dict[str, list[tuple[str, str, str]]] = {}
-    stmt = select(
-        PatchOutcome.run_id, PatchOutcome.host, PatchOutcome.package, PatchOutcome.outcome
+@dataclass
+class CalibrationCell:
+    """The patches of one probability bin (None: unscored) that went wrong, or not."""
+
+    bin: int | None
+    went_wrong: bool
+    n: int = 0
+    sum_p: float = 0.0  # of the predicted probabilities
+    sum_sq: float = 0.0  # of (probability - went wrong)^2, for the Brier score
+
+
+def calibration_cells(
+    session: Session, run_ids: set[str], edges: Sequence[float]
+) -> list[CalibrationCell]:
+    """Each patch a run recorded for the risk model, with the probability its plan gave that
+    update on that host, counted in the database per bin (`edges[i] <= p < edges[i+1]`, the
+    last bin closed) and outcome: a long history never leaves it row by row."""
+    planned = (
+        columns(
+            col(RunUpdate.run_id),
+            col(RunUpdate.host),
+            col(RunUpdate.package),
+            func.max(col(RunUpdate.probability)).label("p"),
+        )
+        .group_by(col(RunUpdate.run_id), col(RunUpdate.host), col(RunUpdate.package))
+        .subquery()
     )
-    for run_id, host, package, outcome in session.connection().execute(stmt):
-        if run_id in run_ids:
-            out.setdefault(run_id, []).append((host, package, outcome))
-    return out
-
-
-def planned_updates(session: Session, run_ids: set[str]) -> dict[str, list[dict[str, Any]]]:
-    """Per run: its frozen plan's hosts, each with its updates (security flag, risk score)."""
-    out: dict[str, list[dict[str, Any]]] = {}
-    # Only the plan's hosts leave the database: the rest of a frozen plan (its spec and
-    # inventory snapshot) is most of its size.
-    hosts = col(Run.plan)["expansion"]["hosts"]
-    for run_id, planned in session.connection().execute(columns(col(Run.id), hosts)):
-        if run_id in run_ids:
-            out[run_id] = list(planned or [])
-    return out
+    p = planned.c.p
+    bin_ = case(
+        (p.is_(None), -1),
+        *((p < hi, i) for i, hi in enumerate(edges[1:-1])),
+        else_=len(edges) - 2,
+    )
+    bad = case((col(PatchOutcome.outcome) == Outcome.HEALTHY, 0), else_=1)
+    stmt = (
+        columns(
+            col(PatchOutcome.run_id),
+            bin_,
+            bad,
+            func.count(),
+            func.sum(p),
+            func.sum((p - bad) * (p - bad)),
+        )
+        .select_from(PatchOutcome)
+        .outerjoin(
+            planned,
+            (planned.c.run_id == col(PatchOutcome.run_id))
+            & (planned.c.host == col(PatchOutcome.host))
+            & (planned.c.package == col(PatchOutcome.package)),
+        )
+        .group_by(col(PatchOutcome.run_id), bin_, bad)
+    )
+    cells: dict[tuple[int | None, bool], CalibrationCell] = {}
+    for run_id, b, wrong, n, sum_p, sum_sq in session.connection().execute(stmt):
+        if run_id not in run_ids:
+            continue
+        key = (None if b < 0 else int(b), bool(wrong))
+        cell = cells.setdefault(key, CalibrationCell(*key))
+        cell.n += int(n)
+        cell.sum_p += float(sum_p or 0.0)
+        cell.sum_sq += float(sum_sq or 0.0)
+    return list(cells.values())
 
 
 @dataclass

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 
@@ -35,7 +36,7 @@ def test_new_sqlite_store_is_created_migrated_and_in_wal_mode(tmp_path: Path) ->
     } <= tables
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert conn.execute("SELECT version_num FROM alembic_version").fetchone()[0] == "0004"
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchone()[0] == "0005"
 
 
 def test_the_fast_open_path_knows_the_newest_migration() -> None:
@@ -127,3 +128,41 @@ def test_the_migrations_build_exactly_the_models(tmp_path: Path) -> None:
     with engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), SQLModel.metadata)
     assert diff == []
+
+
+def test_runs_stored_before_run_updates_existed_get_their_rows_on_upgrade(tmp_path: Path) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    from patchpilot.store.models import Run, RunUpdate
+
+    url = db_url(str(tmp_path / "pp.db"))
+    engine = open_store(url)
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0004")
+    hosts = [
+        {
+            "name": "web01",
+            "updates": [
+                {"package": "libssl3", "security": True, "probability": 0.12},
+                {"package": "demoweb", "security": False, "probability": None},
+            ],
+        },
+        {"name": "web02", "updates": []},
+    ]
+    with sqlite3.connect(tmp_path / "pp.db") as conn:  # a run as 0004 wrote it
+        conn.execute(
+            "INSERT INTO run (id, plan_name, plan_sha256, plan, inventory, status, check_mode,"
+            " emergency, shadow, stage_index, batch_index, started_at, updated_at)"
+            " VALUES ('r-1', 'p', 'x', ?, 'inv', 'succeeded', 0, 0, 0, 0, 0,"
+            " '2026-12-01 10:00:00', '2026-12-01 10:00:00')",
+            (json.dumps({"expansion": {"hosts": hosts}}),),
+        )
+    engine = open_store(url)
+    with session_scope(engine) as s:
+        assert s.get(Run, "r-1") is not None
+        rows = {(u.host, u.package, u.security, u.probability) for u in s.exec(select(RunUpdate))}
+    assert rows == {("web01", "libssl3", True, 0.12), ("web01", "demoweb", False, None)}
