@@ -41,8 +41,11 @@ FAMILIES = {
 }
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> tuple[Any, str, str]:
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[Any, str, str]:
+    """The same store on SQLite and on a real PostgreSQL server."""
+    if request.param == "postgresql":
+        return fill_store(request.getfixturevalue("postgres")())
     return fill_store(tmp_path / "pp.db")
 
 
@@ -163,7 +166,7 @@ def test_the_cli_writes_the_textfile_and_prints_the_exposition(
     from patchpilot.cli import main
 
     engine, _, _ = store
-    db = str(engine.url.database)
+    db = engine.url.render_as_string(hide_password=False)
     assert main(["--db", db, "metrics", "--textfile", str(tmp_path / "tf")]) == ExitCode.OK
     _parse((tmp_path / "tf" / TEXTFILE).read_text())
     capsys.readouterr()
@@ -198,7 +201,7 @@ def test_compliance_and_patches_csv_carry_cves_urgency_origin_and_age(
     from patchpilot.cli import main
 
     engine, _, _ = store
-    db = str(engine.url.database)
+    db = engine.url.render_as_string(hide_password=False)
     capsys.readouterr()
     assert main(["--db", db, "compliance", "--csv"]) == ExitCode.OK
     rows = _csv(capsys.readouterr().out)

@@ -91,11 +91,11 @@ def _frozen(n: int, *, to: str = "1.1-1", probability: float) -> tuple[Any, dict
     return spec, data
 
 
-def fill_store(path: Path, *, hostile: bool = False) -> tuple[Any, str, str]:
+def fill_store(path: Path | str, *, hostile: bool = False) -> tuple[Any, str, str]:
     """Two real runs on five hosts: a healthy one, then a broken update stopped at the
     canary and rolled back; and gathered hosts with pending security updates. Returns the
-    engine and the two run ids (healthy, broken)."""
-    engine = open_store(db_url(str(path)))
+    engine and the two run ids (healthy, broken). `path`: an SQLite file, or a store URL."""
+    engine = open_store(path if isinstance(path, str) else db_url(str(path)))
     now = datetime.now(UTC)
     spec, data = _frozen(5, probability=0.03)
     healthy = start_run(engine, spec, data, inventory="inv", ops=_fleet(5), opts=_opts())
@@ -144,8 +144,11 @@ def fill_store(path: Path, *, hostile: bool = False) -> tuple[Any, str, str]:
     return engine, healthy.run_id, broken.run_id
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> tuple[Any, str, str]:
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[Any, str, str]:
+    """The same store on SQLite and on a real PostgreSQL server."""
+    if request.param == "postgresql":
+        return fill_store(request.getfixturevalue("postgres")(), hostile=True)
     return fill_store(tmp_path / "pp.db", hostile=True)
 
 
@@ -293,7 +296,7 @@ def test_the_cli_writes_html_and_json_with_the_same_figures(
     from patchpilot.cli import main
 
     engine, _, broken = store
-    db = str(engine.url.database)
+    db = engine.url.render_as_string(hide_password=False)
     out = tmp_path / "fleet.html"
     assert main(["--db", db, "report", "fleet", "--out", str(out)]) == ExitCode.OK
     assert 'data-kpi="success_rate" data-value="0.5"' in out.read_text()
