@@ -37,27 +37,28 @@ from patchpilot.health.types import BatchVerdict, HostVerdict, MetricJudgement, 
 __all__ = [
     "CONTINUE",
     "DEFAULT_POLICY",
-    "ON_FAILURE",
     "PAUSE",
     "ROLLBACK_FAILED",
     "VerdictPolicy",
-    "action_for",
     "batch_action",
     "batch_verdict",
+    "host_action",
     "host_verdict",
-    "would_do",
 ]
 
 CONTINUE = "continue"
 PAUSE = "pause"
-ON_FAILURE = "on_failure"
+ROLLBACK_FAILED = "rollback failed hosts"
 
-_ACTIONS = {
+# Verdict -> what a run does with the host: the run's steps and the action text it records
+# both come from here (`host_action`, `batch_action`).
+_HOST_ACTIONS = {
     Verdict.HEALTHY: CONTINUE,
     Verdict.INCONCLUSIVE: PAUSE,
     Verdict.DEGRADED: PAUSE,
-    Verdict.UNHEALTHY: ON_FAILURE,
+    Verdict.UNHEALTHY: ROLLBACK_FAILED,
 }
+_PRECEDENCE = (ROLLBACK_FAILED, PAUSE, CONTINUE)
 _INCONCLUSIVE_CHOICES = (Verdict.INCONCLUSIVE, Verdict.DEGRADED)
 _MAX_LISTED = 10  # hosts named in a batch reason before "and N more"
 
@@ -220,30 +221,17 @@ def batch_verdict(
     return BatchVerdict(verdict, "; ".join(parts), tuple(hosts))
 
 
-def action_for(verdict: Verdict, *, shadow: bool) -> str:
-    """What the rollout does after a batch: "continue", "pause" or "on_failure". Shadow mode
-    only records (see `would_do`), so it always continues."""
-    return CONTINUE if shadow else _ACTIONS[Verdict(verdict)]
-
-
-ROLLBACK_FAILED = "rollback failed hosts"
+def host_action(verdict: Verdict) -> str:
+    """What a run does with one judged host: roll it back when unhealthy (the failure budget
+    then decides whether the stage's `on_failure` applies), pause on it when degraded or
+    inconclusive (a human decides), else go on."""
+    return _HOST_ACTIONS[Verdict(verdict)]
 
 
 def batch_action(verdict: BatchVerdict, *, shadow: bool) -> str:
-    """What a run does after a judged batch, in the words it records with the verdict: roll
-    back the batch's unhealthy hosts (the failure budget then decides whether the stage's
-    `on_failure` applies), else pause on hosts whose verdict is unclear, else continue. In
-    shadow mode nothing is done, and what would have been is recorded ("would pause")."""
-    hosts = [h.verdict for h in verdict.hosts]
-    if Verdict.UNHEALTHY in hosts:
-        action = ROLLBACK_FAILED
-    elif Verdict.DEGRADED in hosts or Verdict.INCONCLUSIVE in hosts:
-        action = PAUSE
-    else:
-        action = CONTINUE
+    """What a run does after a judged batch, in the words it records with the verdict: the
+    most serious of its hosts' actions (`host_action`). In shadow mode nothing is done, and
+    what would have been is recorded ("would pause")."""
+    actions = {host_action(h.verdict) for h in verdict.hosts}
+    action = next((a for a in _PRECEDENCE if a in actions), CONTINUE)
     return f"would {action}" if shadow else action
-
-
-def would_do(verdict: Verdict) -> str:
-    """The action a live run would have taken, as recorded in shadow mode ("would pause")."""
-    return f"would {_ACTIONS[Verdict(verdict)]}"

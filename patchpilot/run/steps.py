@@ -17,7 +17,14 @@ from typing import TYPE_CHECKING, Any
 
 from patchpilot.health.checks import CheckSpec
 from patchpilot.health.judge import judge_host
-from patchpilot.health.policy import batch_action, batch_verdict, host_verdict
+from patchpilot.health.policy import (
+    PAUSE,
+    ROLLBACK_FAILED,
+    batch_action,
+    batch_verdict,
+    host_action,
+    host_verdict,
+)
 from patchpilot.health.types import BatchVerdict, HostVerdict, Measurement, Threshold, Verdict
 from patchpilot.ops.fleetops import FleetOps, HostResult, PatchRun, plan_request
 from patchpilot.plan.model import ExpandedPlan
@@ -318,9 +325,9 @@ def give_verdict(ctx: RunCtx, b: Batch) -> RunSummary | None:
     )
     if shadow:
         return None
-    b.unclear = [v for v in verdicts if v.verdict in (Verdict.DEGRADED, Verdict.INCONCLUSIVE)]
+    b.unclear = [v for v in verdicts if host_action(v.verdict) == PAUSE]
     for v in verdicts:
-        if v.verdict == Verdict.UNHEALTHY:
+        if host_action(v.verdict) == ROLLBACK_FAILED:
             ctx.journal.move(
                 v.host, HostEvent.FAIL, failure=decide.Failure.HEALTH_FAILED, message=v.reason
             )

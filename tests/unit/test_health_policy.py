@@ -12,12 +12,19 @@ from patchpilot.health.judge import judge_host
 from patchpilot.health.policy import (
     DEFAULT_POLICY,
     VerdictPolicy,
-    action_for,
+    batch_action,
     batch_verdict,
+    host_action,
     host_verdict,
-    would_do,
 )
-from patchpilot.health.types import HostVerdict, Measurement, MetricJudgement, Threshold, Verdict
+from patchpilot.health.types import (
+    BatchVerdict,
+    HostVerdict,
+    Measurement,
+    MetricJudgement,
+    Threshold,
+    Verdict,
+)
 
 H, INC, D, U = Verdict.HEALTHY, Verdict.INCONCLUSIVE, Verdict.DEGRADED, Verdict.UNHEALTHY
 
@@ -278,28 +285,30 @@ def test_batch_verdict(
 
 
 @pytest.mark.parametrize(
-    ("verdict", "shadow", "action"),
-    [
-        (H, False, "continue"),
-        (INC, False, "pause"),
-        (D, False, "pause"),
-        (U, False, "on_failure"),
-        (H, True, "continue"),
-        (INC, True, "continue"),
-        (D, True, "continue"),
-        (U, True, "continue"),
-    ],
+    ("verdict", "action"),
+    [(H, "continue"), (INC, "pause"), (D, "pause"), (U, "rollback failed hosts")],
 )
-def test_action_for(verdict: Verdict, shadow: bool, action: str) -> None:
-    assert action_for(verdict, shadow=shadow) == action
+def test_host_action(verdict: Verdict, action: str) -> None:
+    assert host_action(verdict) == action
 
 
 @pytest.mark.parametrize(
-    ("verdict", "text"),
-    [(H, "would continue"), (INC, "would pause"), (D, "would pause"), (U, "would on_failure")],
+    ("hosts", "shadow", "text"),
+    [
+        ([H, H], False, "continue"),
+        ([H, INC], False, "pause"),
+        ([D, H], False, "pause"),
+        ([H, D, U], False, "rollback failed hosts"),  # the most serious host action wins
+        ([H, H], True, "would continue"),
+        ([INC, H], True, "would pause"),
+        ([U, D], True, "would rollback failed hosts"),
+    ],
 )
-def test_would_do(verdict: Verdict, text: str) -> None:
-    assert would_do(verdict) == text
+def test_batch_action(hosts: list[Verdict], shadow: bool, text: str) -> None:
+    bv = BatchVerdict(
+        max(hosts), "r", tuple(HostVerdict(f"h{i}", v, "r", ()) for i, v in enumerate(hosts))
+    )
+    assert batch_action(bv, shadow=shadow) == text
 
 
 INVALID: list[tuple[dict[str, Any], str]] = [
@@ -388,7 +397,6 @@ def test_judged_host_to_batch_to_action() -> None:
     assert "error_rate 100.0% > max 5.0%" in web1.reason
     bv = batch_verdict([web1, web2])
     assert bv.verdict == D
-    assert action_for(bv.verdict, shadow=False) == "pause"
-    assert action_for(bv.verdict, shadow=True) == "continue"
-    assert would_do(bv.verdict) == "would pause"
+    assert batch_action(bv, shadow=False) == "pause"
+    assert batch_action(bv, shadow=True) == "would pause"
     json.dumps(bv.to_dict())

@@ -42,7 +42,7 @@ def _stale_lock(url: str, host: str = "web01") -> None:
         s.add(HostLock(host=host, run_id="r-dead", pid=DEAD_PID, controller=controller))
 
 
-def _contend(url: str, run_id: str, barrier: Any, results: Any) -> None:
+def _contend(url: str, run_id: str, barrier: Any, done: Any, results: Any) -> None:
     engine = open_store(url)
     barrier.wait()
     try:
@@ -50,6 +50,9 @@ def _contend(url: str, run_id: str, barrier: Any, results: Any) -> None:
         results.put((run_id, True))
     except RunLocked:
         results.put((run_id, False))
+    # Stay alive until both have tried: a winner that exited would be a dead holder, whose
+    # lock the other may then rightly reclaim.
+    done.wait()
 
 
 def test_two_processes_racing_for_one_stale_lock_never_both_get_it(tmp_path: Path) -> None:
@@ -58,9 +61,10 @@ def test_two_processes_racing_for_one_stale_lock_never_both_get_it(tmp_path: Pat
     for i in range(50):
         url = db_url(str(tmp_path / f"race{i}.db"))
         _stale_lock(url)
-        barrier, results = ctx.Barrier(2), ctx.Queue()
+        barrier, done, results = ctx.Barrier(2), ctx.Barrier(2), ctx.Queue()
         procs = [
-            ctx.Process(target=_contend, args=(url, f"r-{i}-{n}", barrier, results)) for n in (1, 2)
+            ctx.Process(target=_contend, args=(url, f"r-{i}-{n}", barrier, done, results))
+            for n in (1, 2)
         ]
         for p in procs:
             p.start()
