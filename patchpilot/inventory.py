@@ -264,7 +264,7 @@ def gather(
         )
     names = sorted(inv_hosts)
     if limit:
-        names = executor.match_hosts(inventory, limit)
+        names = executor.match_hosts(inventory, "all", limit=limit)  # Ansible's --limit, @FILE too
         if not names:
             raise BadInputError(
                 f"no host of {inventory} matches {limit!r}",

@@ -97,6 +97,23 @@ def _ask(prompt: str) -> str:
         raise BadInputError(f"no {prompt.rstrip(': ').lower()} given") from None
 
 
+def _vault_id(vid: str) -> str:
+    """`[LABEL@]SOURCE`, with a file SOURCE made absolute: Ansible runs its playbooks from a
+    folder of its own, where a path relative to the user's directory would not be found."""
+    if not vid or vid.startswith("-"):
+        raise BadInputError(f"invalid --vault-id {vid!r}", hint="e.g. --vault-id prod@~/.vp")
+    label, sep, source = vid.rpartition("@")
+    if source in ("prompt", "prompt_ask_vault_pass"):
+        return vid
+    path = Path(source).expanduser()
+    if not path.is_file():
+        raise BadInputError(
+            f"vault password file not found: {source} (in --vault-id {vid})",
+            hint="give an existing file or script, or LABEL@prompt to be asked",
+        )
+    return f"{label}{sep}{path.resolve()}"
+
+
 def setup_access(
     *,
     become: bool | None = None,
@@ -117,16 +134,14 @@ def setup_access(
                 hint="give an existing file (or an executable script) with --vault-password-file",
             )
         files.append(str(f.resolve()))
-    for vid in vault_id or []:
-        if not vid or vid.startswith("-"):
-            raise BadInputError(f"invalid --vault-id {vid!r}", hint="e.g. --vault-id prod@~/.vp")
+    ids = [_vault_id(vid) for vid in vault_id or []]
     become_password = _ask("BECOME password: ") if ask_become_pass else None
     vault_password = _ask("Vault password: ") if ask_vault_pass else None
     return configure(
         Access(
             become=become,
             become_password=become_password,
-            vault_ids=tuple(vault_id or ()),
+            vault_ids=tuple(ids),
             vault_password_files=tuple(files),
             vault_password=vault_password,
             accept_new_host_keys=accept_new_host_keys,

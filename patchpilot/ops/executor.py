@@ -167,6 +167,21 @@ def _forget_command(work: Path) -> Callable[[dict[str, Any], Any], None]:
     return on_status
 
 
+# Not "jsonfile": ansible-runner then leaves ANSIBLE_CACHE_PLUGIN alone, and the fact caching
+# the user's ansible.cfg sets (or Ansible's in-memory default) stays in force.
+_KEEP_FACT_CACHING = "as-configured"
+
+
+def _user_dir() -> str | None:
+    """Where Ansible runs: the user's own directory, as with `ansible-playbook`, so a relative
+    path they gave (a vault file in ANSIBLE_VAULT_PASSWORD_FILE, a key file, `@hosts.txt`)
+    means what it means to them. ansible-runner would otherwise run it from its own folder."""
+    try:
+        return os.getcwd()
+    except OSError:  # the directory is gone: ansible-runner's own folder then
+        return None
+
+
 def _env() -> dict[str, str]:
     # The Ansible commands must be those installed beside this Python, activated venv or not;
     # ansible-runner looks them up on this process's own PATH.
@@ -381,6 +396,8 @@ class PlaybookStream:
             self._thread, self._runner = ansible_runner.run_async(
                 private_data_dir=self.dir,
                 playbook=str(book),
+                project_dir=_user_dir(),
+                fact_cache_type=_KEEP_FACT_CACHING,
                 inventory=str(path),
                 forks=_forks(forks),
                 cmdline=cmdline,
@@ -461,6 +478,8 @@ def run_playbook(
         runner = ansible_runner.run(
             private_data_dir=str(work),
             playbook=str(book),
+            project_dir=_user_dir(),
+            fact_cache_type=_KEEP_FACT_CACHING,
             inventory=str(path),
             forks=_forks(forks),
             cmdline=cmdline,

@@ -42,7 +42,8 @@ class Ops:
     logs: dict[str, str] = field(default_factory=dict)
     codes: dict[str, int] = field(default_factory=dict)
     versions: dict[str, dict[str, str]] = field(default_factory=dict)
-    sockets: list[str] = field(default_factory=list)
+    sockets: dict[str, list[str]] = field(default_factory=dict)
+    logins: dict[str, dict[str, int]] = field(default_factory=dict)
     run_id: str = ""
     run: dict[str, Any] = field(default_factory=dict)
 
@@ -63,6 +64,24 @@ class Ops:
         (self.dir / "logs").mkdir(exist_ok=True)
         (self.dir / "logs" / f"{name}.log").write_text(self.logs[name])
         return proc
+
+
+def _logins(lab: LabFleet, hosts: list[str]) -> dict[str, int]:
+    """How many SSH logins as the lab's non-root user each host has seen."""
+    count = (
+        f"journalctl --no-pager -o cat _COMM=sshd | grep -c 'Accepted publickey for {USER} '"
+        " || true"
+    )
+    return {h: int(lab.ssh(h, count).stdout.strip() or 0) for h in hosts}
+
+
+def _sockets(folder: Path) -> list[str]:
+    """The SSH control sockets in `folder`, which are then removed: the next command's
+    connections must make their own."""
+    names = sorted(p.name for p in folder.iterdir())
+    for p in folder.iterdir():
+        p.unlink()
+    return names
 
 
 def _versions(lab: LabFleet, hosts: list[str]) -> dict[str, str]:
@@ -133,10 +152,14 @@ def ops(lab: LabFleet, demo: None, tmp_path_factory: pytest.TempPathFactory) -> 
     )
     access = ["-i", str(inventory), "--vault-password-file", str(vault_pass_file)]
     limit = ["--limit", ":".join(HOSTS)]
+    o.logins["before"] = _logins(lab, HOSTS)
     o.pp("gather", "inventory", "gather", *access, *limit, "--no-refresh")
+    o.sockets["gather"] = _sockets(work / "cp")
+    o.logins["gather"] = _logins(lab, HOSTS)
     o.pp("apply", "apply", "lab-demo", *access, *limit, "--yes")
+    o.sockets["apply"] = _sockets(work / "cp")
+    o.logins["apply"] = _logins(lab, HOSTS)
     o.versions["applied"] = _versions(lab, HOSTS)
-    o.sockets = sorted(p.name for p in (work / "cp").iterdir())
     o.run_id = json.loads(o.pp("runs", "runs", "list", "--json").stdout)[0]["id"]
     o.pp("rollback", "rollback", o.run_id, *access)
     o.versions["rolled back"] = _versions(lab, HOSTS)
@@ -167,9 +190,13 @@ def test_the_working_directorys_ansible_cfg_is_in_force(lab: LabFleet, ops: Ops)
     run = ops.run
     (settings,) = [a["detail"] for a in run["audit"] if a["action"] == "ansible settings"]
     assert settings == {"config": str(cfg), "forks": 2}
-    # ssh_args: the config's ControlPath is where the connections' sockets are
-    assert ops.sockets == sorted(lab.hosts[h] for h in HOSTS)
-    # remote_user: the hosts were reached as the config's user (see the journal check above)
+    # ssh_args: gather's and then apply's connections made their sockets where the config's
+    # ControlPath puts them (gather's were removed before apply)
+    addresses = sorted(lab.hosts[h] for h in HOSTS)
+    assert ops.sockets == {"gather": addresses, "apply": addresses}
+    # remote_user (the inventory names no user): gather and apply each logged in as it
+    for h in HOSTS:
+        assert ops.logins["before"][h] < ops.logins["gather"][h] < ops.logins["apply"][h], h
     assert run["limit"] == "web01:web02"
 
 

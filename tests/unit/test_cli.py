@@ -350,6 +350,40 @@ def test_a_missing_vault_password_file_is_bad_input(
     assert "/nonexistent/vp" in msg
 
 
+def test_a_vault_id_file_is_found_from_the_users_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from patchpilot.cli.access import setup_access
+    from patchpilot.ops import ansible_setup
+
+    (tmp_path / "vp.txt").write_text("s3cret\n")
+    monkeypatch.chdir(tmp_path)
+    try:
+        setup = setup_access(vault_id=["prod@vp.txt", "dev@prompt", "vp.txt"])
+    finally:
+        ansible_setup.reset()
+    # Ansible runs the playbooks from a folder of its own: the paths must not be relative.
+    assert setup.args == (
+        "--vault-id",
+        f"prod@{tmp_path / 'vp.txt'}",
+        "--vault-id",
+        "dev@prompt",
+        "--vault-id",
+        str(tmp_path / "vp.txt"),
+    )
+
+
+def test_a_vault_id_naming_a_missing_file_is_bad_input(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    inv = tmp_path / "hosts.ini"
+    inv.write_text("web01\n")
+    code, out, err = run_cli(capsys, "plan", "canary", "-i", str(inv), "--vault-id", "prod@nope")
+    assert code == ExitCode.BAD_INPUT
+    msg, hint = assert_one_error(err, out)
+    assert "nope" in msg and "LABEL@prompt" in hint
+
+
 def test_limit_cannot_change_a_resumed_run(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = run_cli(capsys, "apply", "--resume", "r-1", "--limit", "web")
     assert code == ExitCode.BAD_INPUT

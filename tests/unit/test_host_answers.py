@@ -110,6 +110,36 @@ def test_a_template_in_rollback_vars_is_never_rendered(
     assert list((root / "ansible").iterdir()) == []
 
 
+@pytest.mark.skipif(shutil.which("dpkg-query") is None, reason="needs a Debian controller")
+def test_playbooks_run_from_the_users_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A relative path the user gave Ansible (here the vault password file in the
+    environment) is found as `ansible-playbook` would find it: from their directory."""
+    monkeypatch.setattr(workdir, "_STATE_DIR", tmp_path / "state")
+    home = tmp_path / "ops"
+    home.mkdir()
+    (home / "vp.txt").write_text("s3cret\n")
+    (home / "inv.yml").write_text(
+        "all:\n  hosts:\n    localhost:\n      ansible_connection: local\n"
+        f"      ansible_python_interpreter: {os.sys.executable}\n"  # type: ignore[attr-defined]
+    )
+    monkeypatch.chdir(home)
+    monkeypatch.setenv("ANSIBLE_VAULT_PASSWORD_FILE", "vp.txt")
+    result = executor.run_playbook(
+        "rollback.yml",
+        "inv.yml",
+        hosts=["localhost"],
+        check=True,
+        extravars={
+            "patchpilot_restore": {"localhost": []},
+            "patchpilot_restart_units": [],
+            "patchpilot_lock_timeout": 5,
+        },
+    )
+    assert result.rc == 0 and result.hosts["localhost"].status == "ok", result
+
+
 def test_extra_vars_and_hosts_go_in_owner_only_files(tmp_path: Path) -> None:
     hosts = [f"host{i:05d}.example.org" for i in range(10_000)]
     line, pipes = executor._cmdline(

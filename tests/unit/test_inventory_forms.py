@@ -257,3 +257,12 @@ def test_directory_with_one_broken_file_is_bad_input(tmp_path: Path) -> None:
     (directory / "extra.yml").write_text(BROKEN_YAML)
     with pytest.raises(BadInputError):
         executor.match_hosts(directory, "web")
+
+
+def test_a_limit_can_be_a_file_of_hosts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    inventory = tmp_path / "fleet.ini"
+    inventory.write_text(INI)
+    (tmp_path / "hosts.txt").write_text("web02\ndb01\n")
+    monkeypatch.chdir(tmp_path)  # `@hosts.txt` as a user types it, from their directory
+    assert sorted(executor.match_hosts(inventory, "all", limit="@hosts.txt")) == ["db01", "web02"]
+    assert executor.match_hosts(inventory, "web", limit="@hosts.txt") == ["web02"]
