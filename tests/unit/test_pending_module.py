@@ -19,6 +19,7 @@ from email.utils import parsedate_to_datetime
 from itertools import pairwise
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 from debian.changelog import Changelog
@@ -617,3 +618,52 @@ def test_a_large_package_is_read_as_a_stream(tmp_path: Path) -> None:
     )
     assert out.returncode == 0, out.stderr[-500:]
     assert out.stdout.startswith("big (1.0-1)")
+
+
+class _Module:
+    """Enough of AnsibleModule for add_apt_changelogs: the commands it runs, its warnings."""
+
+    def __init__(self) -> None:
+        self.commands: list[list[str]] = []
+        self.warnings: list[str] = []
+
+    def run_command(self, cmd: list[str], **_kw: Any) -> tuple[int, str, str]:
+        self.commands.append(cmd)
+        return 0, "", ""
+
+    def warn(self, text: str) -> None:
+        self.warnings.append(text)
+
+
+def _updates(size: int) -> list[dict[str, Any]]:
+    return [
+        {
+            "package": f"lib{i}",
+            "arch": "amd64",
+            "installed": "1.0-1",
+            "candidate": "1.0-2",
+            "source": f"lib{i}",
+            "size": size,
+            "cve_ids": [],
+            "security": False,
+        }
+        for i in range(3)
+    ]
+
+
+@pytest.mark.parametrize(("free_mib", "downloads"), [(10_000, True), (300, False)])
+def test_downloads_for_changelogs_only_when_there_is_room(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, free_mib: int, downloads: bool
+) -> None:
+    """Three 50 MiB packages need 150 MiB, and 200 MiB must stay free: with 300 MiB free
+    nothing is fetched (the updates are reported without their changelog facts)."""
+    monkeypatch.setattr(pp, "free_bytes", lambda _path: free_mib * 1024 * 1024)
+    module = _Module()
+    updates = _updates(50 * 1024 * 1024)
+    pp.add_apt_changelogs(module, updates, str(tmp_path / "cache"), debcmp)
+    fetched = [c for c in module.commands if c[:2] == ["apt-get", "download"]]
+    assert bool(fetched) is downloads
+    assert bool(module.warnings) is not downloads
+    if not downloads:
+        assert "150 MiB needed, 300 MiB free" in module.warnings[0]
+    assert all(u["changelog_entries"] is None for u in updates)

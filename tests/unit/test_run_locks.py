@@ -236,3 +236,30 @@ def test_a_runs_end_and_its_locks_change_together(
         run = s.get(Run, "r-1")
         assert run is not None and run.status == "succeeded"
         assert s.exec(select(HostLock)).all() == []
+
+
+def test_a_batch_walked_again_records_no_outcome_twice(tmp_path: Path) -> None:
+    """After a crash, resume walks the batch again (a wave rollback's included): its outcomes
+    are recorded once, and the table's unique key refuses a second row anyway."""
+    from sqlalchemy.exc import IntegrityError
+
+    from patchpilot.store.models import PatchOutcome
+    from tests.unit.test_report import fill_store
+
+    engine, healthy, _broken = fill_store(tmp_path / "pp.db")
+
+    def rows() -> list[tuple[str, str, str]]:
+        with session_scope(engine) as s:
+            stmt = select(PatchOutcome).where(PatchOutcome.run_id == healthy)
+            return sorted((o.host, o.package, o.outcome) for o in s.exec(stmt))
+
+    before = rows()
+    assert len(before) == 5  # five hosts, one update each
+    again = journal.Journal(engine, healthy)
+    again.outcomes({h: o for h, _p, o in before})
+    assert rows() == before
+    with pytest.raises(IntegrityError), session_scope(engine) as s:
+        first = s.exec(select(PatchOutcome).where(PatchOutcome.run_id == healthy)).first()
+        assert first is not None
+        copy = first.model_dump(exclude={"id"})
+        s.add(PatchOutcome(**copy))
