@@ -44,6 +44,9 @@ class PatchRequest:
     check: bool
     # (host, seconds): the stage's `timeout`, for the host's patch and again for its reboot.
     timeouts: tuple[tuple[str, int], ...] = ()
+    # (host, ((package, version the plan was made from, "" if none), ...)): checked live by
+    # the host's preflight.
+    expect: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = ()
 
     @classmethod
     def build(
@@ -56,9 +59,11 @@ class PatchRequest:
         on_impossible: str,
         check: bool,
         stage_timeouts: Sequence[int] = (),
+        expect: Mapping[str, Mapping[str, str]] | None = None,
     ) -> PatchRequest:
-        """From ((stage, batch), host, {package: version}) in deploy order, and each stage's
-        timeout in seconds by stage index (none given: no timeout)."""
+        """From ((stage, batch), host, {package: version}) in deploy order, each stage's
+        timeout in seconds by stage index (none given: no timeout), and per host the versions
+        the plan was made from (`expect`; none given: not checked)."""
         batches: dict[tuple[int, int], list[str]] = {}
         install: list[tuple[str, tuple[str, ...]]] = []
         timeouts: list[tuple[str, int]] = []
@@ -76,6 +81,11 @@ class PatchRequest:
             refuse_without_rollback=on_impossible == "refuse",
             check=check,
             timeouts=tuple(timeouts),
+            expect=tuple(
+                (host, tuple(sorted((expect or {}).get(host, {}).items())))
+                for _key, host, _targets in hosts
+                if expect and host in expect
+            ),
         )
 
 
@@ -108,6 +118,11 @@ def plan_request(
         on_impossible=on_impossible(data["spec"]),
         check=check,
         stage_timeouts=stage_timeouts(expansion["stages"]),
+        expect={
+            h["name"]: {u["package"]: str(u.get("from") or "") for u in h["updates"]}
+            for h in expansion["hosts"]
+            if hosts is None or h["name"] in hosts
+        },
     )
 
 
@@ -394,6 +409,7 @@ class AnsiblePatchRun:
                 "patchpilot_reboot": request.reboot,
                 "patchpilot_lock_timeout": request.lock_timeout,
                 "patchpilot_timeouts": dict(request.timeouts),
+                "patchpilot_expect": {h: dict(items) for h, items in request.expect},
                 "patchpilot_on_impossible": "refuse"
                 if request.refuse_without_rollback
                 else "proceed",

@@ -46,6 +46,13 @@ options:
     description: Fail before installing when a current version cannot be kept for a rollback.
     type: bool
     default: true
+  expect:
+    description:
+      - The version of each package the plan was made from (empty when it was not installed).
+      - A host where one has moved since is refused at the preflight, naming the package; a
+        package this run already touched through I(rollback_dir) (a resume) is not compared.
+    type: dict
+    default: {}
 """
 
 import errno
@@ -86,6 +93,25 @@ def query(names):
         if len(parts) >= 5 and parts[2].startswith("i"):
             found[parts[0]] = (parts[1], parts[3], parts[4] == "hold")
     return found
+
+
+def moved_since_planned(expect, before, saved, targets):
+    """The packages whose installed version is no longer the one the plan was made from, in
+    words; those this run touched before (its snapshot has them) are skipped: after a crash
+    mid-install the host may rightly be on the target already."""
+    out = []
+    for name, planned in sorted(expect.items()):
+        old = saved.get(name)
+        if isinstance(old, dict) and old.get("to") == targets.get(name):
+            continue
+        now = before[name][0] if name in before else ""
+        if now != (planned or ""):
+            out.append(
+                "{} is {} now, the plan was made for {} (gather and plan again)".format(
+                    name, now or "not installed", planned or "not installed"
+                )
+            )
+    return out
 
 
 def deb_filename(name, version, arch):
@@ -149,6 +175,7 @@ def main():
             "min_free_mb": {"type": "int", "default": 200},
             "lock_timeout": {"type": "int", "default": 120},
             "refuse_without_rollback": {"type": "bool", "default": True},
+            "expect": {"type": "dict", "default": {}},
         },
         supports_check_mode=True,
     )
@@ -210,6 +237,7 @@ def main():
     native = native.strip() or "all"
     snap_path = os.path.join(p["rollback_dir"], SNAPSHOT)
     saved = load_snapshot(snap_path)
+    problems.extend(moved_since_planned(p["expect"] or {}, before, saved, targets))
     if problems:
         # A host this run touched before (its snapshot is saved here: dpkg left interrupted
         # by a crash mid-install, say) reports the versions it had and the .debs kept for
