@@ -82,7 +82,7 @@ class PatchRequest:
             check=check,
             timeouts=tuple(timeouts),
             expect=tuple(
-                (host, tuple(sorted((expect or {}).get(host, {}).items())))
+                (host, tuple(sorted(expect[host].items())))
                 for _key, host, _targets in hosts
                 if expect and host in expect
             ),
@@ -121,7 +121,6 @@ def plan_request(
         expect={
             h["name"]: {u["package"]: str(u.get("from") or "") for u in h["updates"]}
             for h in expansion["hosts"]
-            if hosts is None or h["name"] in hosts
         },
     )
 

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,16 +18,11 @@ from patchpilot.health.checks import (
     validate_check,
 )
 from patchpilot.health.types import Direction
-
-MODULE = Path(__file__).parents[2] / "playbooks" / "library" / "patchpilot_health.py"
+from tests.unit.host_modules import load
 
 
 def _module() -> Any:
-    spec = importlib.util.spec_from_file_location("patchpilot_health", MODULE)
-    assert spec and spec.loader
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load("patchpilot_health")
 
 
 def test_every_check_the_module_runs_is_in_the_catalogue_and_back() -> None:

@@ -3,32 +3,20 @@ where a package moved since the plan was made is refused before anything changes
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 
 from patchpilot.ops import executor, workdir
 from patchpilot.ops.fleetops import plan_request
+from tests.unit.host_modules import load
 
-MODULE_PATH = Path(__file__).parents[2] / "playbooks/library/patchpilot_patch.py"
-
-
-def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("patchpilot_patch", MODULE_PATH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-pm = _load()
+pm = load("patchpilot_patch")
 BEFORE = {"demoweb": ("1.0-2", "all", False), "libfoo": ("2.0-1", "amd64", False)}
 
 

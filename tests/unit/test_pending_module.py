@@ -9,7 +9,6 @@ real changelogs.
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import re
 import shutil
 import subprocess
@@ -18,25 +17,16 @@ from datetime import datetime
 from email.utils import parsedate_to_datetime
 from itertools import pairwise
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 from debian.changelog import Changelog
 from debian.debian_support import Version
 
-MODULE_PATH = Path(__file__).parents[2] / "playbooks/library/patchpilot_pending.py"
+from tests.unit.host_modules import LIBRARY, load
 
-
-def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("patchpilot_pending", MODULE_PATH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-pp = _load()
+MODULE_PATH = LIBRARY / "patchpilot_pending.py"
+pp = load("patchpilot_pending")
 
 
 def debcmp(a: str, b: str) -> int:
