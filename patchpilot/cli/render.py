@@ -152,6 +152,9 @@ def render_run(d: dict[str, Any]) -> None:
             for h in d["hosts"]
         ],
     )
+    for h in d["hosts"]:
+        if h.get("artifacts"):
+            console.print(f"rollback artifacts of {h['host']}: {artifact_sources(h)}", markup=False)
     for v in d["verdicts"]:
         console.print(
             f"verdict stage {v['stage']} batch {v['batch']}: [bold]{v['verdict']}[/] -> "
@@ -178,6 +181,29 @@ def render_run(d: dict[str, Any]) -> None:
             + (f" ({why})" if why else ""),
             markup=False,
         )
+
+
+SOURCE_WORDS = {
+    "cache": "from apt's cache",
+    "repository": "from the host's repositories",
+    "archive": "from a version source",
+    "dpkg-repack": "rebuilt by dpkg-repack",
+    "rebuilt": "rebuilt from the installed package",
+    "kept": "kept by an earlier pass",
+}
+
+
+def artifact_sources(host: dict[str, Any]) -> str:
+    """`runs show`'s line on a host's rollback artifacts: packages grouped by where their
+    .deb came from."""
+    by_source: dict[str, list[str]] = {}
+    for pkg, a in host["artifacts"].items():
+        words = SOURCE_WORDS.get(a.get("source") or "", "source not recorded")
+        by_source.setdefault(words, []).append(f"{pkg} {a.get('version') or ''}".strip())
+    text = "; ".join(f"{words}: {', '.join(pkgs)}" for words, pkgs in sorted(by_source.items()))
+    if host.get("artifacts_pruned"):
+        text += f" (pruned {host['artifacts_pruned']})"
+    return text
 
 
 def _short(value: Any, limit: int = 80) -> str:

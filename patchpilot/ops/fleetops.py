@@ -10,7 +10,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -47,6 +47,9 @@ class PatchRequest:
     # (host, ((package, version the plan was made from, "" if none), ...)): checked live by
     # the host's preflight.
     expect: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = ()
+    # One-line apt sources of archives that keep old versions (the plan's
+    # rollback.version_sources), read where a previous version is nowhere else.
+    version_sources: tuple[str, ...] = ()
 
     @classmethod
     def build(
@@ -60,6 +63,7 @@ class PatchRequest:
         check: bool,
         stage_timeouts: Sequence[int] = (),
         expect: Mapping[str, Mapping[str, str]] | None = None,
+        version_sources: Sequence[str] = (),
     ) -> PatchRequest:
         """From ((stage, batch), host, {package: version}) in deploy order, each stage's
         timeout in seconds by stage index (none given: no timeout), and per host the versions
@@ -86,6 +90,7 @@ class PatchRequest:
                 for _key, host, _targets in hosts
                 if expect and host in expect
             ),
+            version_sources=tuple(version_sources),
         )
 
 
@@ -122,6 +127,9 @@ def plan_request(
             h["name"]: {u["package"]: str(u.get("from") or "") for u in h["updates"]}
             for h in expansion["hosts"]
         },
+        version_sources=tuple(
+            str(x) for x in (data["spec"].get("rollback") or {}).get("version_sources") or ()
+        ),
     )
 
 
@@ -156,7 +164,19 @@ class HostResult:
     phase: str | None = None
     snapshot: dict[str, str] = field(default_factory=dict)  # patch: installed before
     artifacts: dict[str, str | None] = field(default_factory=dict)  # patch: kept .debs
+    # patch: where each kept .deb came from (ARTIFACT_SOURCES), its sha256, a note on it
+    sources: dict[str, str] = field(default_factory=dict)
+    sha256: dict[str, str] = field(default_factory=dict)
+    notes: dict[str, str] = field(default_factory=dict)
     rollback_missing: list[str] = field(default_factory=list)
+    # patch: why each package in rollback_missing cannot be kept
+    reasons: dict[str, str] = field(default_factory=dict)
+    # patch: what `dpkg --verify` found changed in each package before the patch
+    modified_before: dict[str, list[str]] = field(default_factory=dict)
+    # rollback: what `dpkg --verify` finds changed in the restored packages afterwards,
+    # and what `dpkg --audit` says (empty: all is well)
+    verify: list[str] = field(default_factory=list)
+    audit: str = ""
     held: list[str] = field(default_factory=list)
     installed: list[str] = field(default_factory=list)  # patch: name=version installed now
     rebooted: bool = False
@@ -188,6 +208,7 @@ class FleetOps(Protocol):
         *,
         restart_units: Sequence[str],
         lock_timeout: int,
+        checksums: Mapping[str, Mapping[str, str]] | None = None,
     ) -> dict[str, HostResult]: ...
 
     def measure(
@@ -207,6 +228,20 @@ def parse_versions(stdout: str) -> dict[str, str]:
             except AnswerRejected:
                 continue
     return out
+
+
+def parse_verify(stdout: str) -> list[str]:
+    """`dpkg --verify` lines ("??5?????? c /etc/x", "missing   /usr/y") as "FLAGS PATH",
+    bounded; a line that is not one is left out."""
+    out = []
+    for line in stdout.splitlines()[:1000]:
+        m = _VERIFY_RE.match(line)
+        if m:
+            out.append(f"{m.group(1)} {m.group(2)}")
+    return out
+
+
+_VERIFY_RE = re.compile(r"^([?.0-9A-Za-z]{9}|missing)\s+(?:c\s+)?(/[^\x00-\x1f]{0,400})$")
 
 
 # --- what hosts answer: data, validated where it enters ---------------------------------------
@@ -269,6 +304,47 @@ def _names(value: object, what: str, *, with_version: bool = False) -> list[str]
     return out
 
 
+# Where a rollback artifact came from: apt's cache, a repository of the host, a configured
+# version source, a rebuild from the installed package (by dpkg-repack or patchpilot's own),
+# or the run's folder already (kept by an earlier pass of the same run).
+ARTIFACT_SOURCES = frozenset(("cache", "repository", "archive", "dpkg-repack", "rebuilt", "kept"))
+_SHA256_RE = re.compile(r"[0-9a-f]{64}")
+MAX_TEXT = 500
+
+
+def _text(value: object) -> str:
+    """A host's free text: a bounded single line, control characters dropped."""
+    return "".join(ch for ch in str(value) if ch.isprintable())[:MAX_TEXT]
+
+
+def _per_package(value: object, what: str, check: Callable[[object], Any]) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or len(value) > MAX_ITEMS:
+        raise AnswerRejected(f"{what} is not a list of packages")
+    return {_package(k): check(v) for k, v in value.items()}
+
+
+def _source(value: object) -> str:
+    if value is None:  # check mode: nowhere (its reason says why)
+        return ""
+    if value not in ARTIFACT_SOURCES:
+        raise AnswerRejected(f"unknown artifact source {str(value)[:40]!r}")
+    return str(value)
+
+
+def _sha256(value: object) -> str:
+    if not (isinstance(value, str) and _SHA256_RE.fullmatch(value)):
+        raise AnswerRejected(f"not a sha256: {str(value)[:80]!r}")
+    return value
+
+
+def _lines(value: object) -> list[str]:
+    if not isinstance(value, list) or len(value) > 1000:
+        raise AnswerRejected("not a list of lines")
+    return [_text(x) for x in value]
+
+
 def _kept(value: object, snapshot: Mapping[str, str], rollback_dir: str) -> dict[str, str | None]:
     """The .debs the host kept, each only if it is exactly the file the controller would
     name (the run's rollback folder, apt's file name for the snapshot version): a path is
@@ -311,7 +387,12 @@ def _patch_answer(ev: executor.HostEvent, rollback_dir: str) -> HostResult:
         phase=phase,
         snapshot=snapshot,
         artifacts=_kept(r.get("artifacts"), snapshot, rollback_dir),
+        sources={k: v for k, v in _per_package(r.get("sources"), "sources", _source).items() if v},
+        sha256=_per_package(r.get("sha256"), "sha256", _sha256),
+        notes=_per_package(r.get("rollback_notes"), "rollback_notes", _text),
         rollback_missing=_names(r.get("rollback_missing"), "rollback_missing", with_version=True),
+        reasons=_per_package(r.get("rollback_reasons"), "rollback_reasons", _text),
+        modified_before=_per_package(r.get("modified_before"), "modified_before", _lines),
         held=_names(r.get("held"), "held"),
         installed=_names(r.get("installed"), "installed", with_version=True),
         boot_id=boot_id,
@@ -334,6 +415,7 @@ class AnsibleOps:
         *,
         restart_units: Sequence[str],
         lock_timeout: int,
+        checksums: Mapping[str, Mapping[str, str]] | None = None,
     ) -> dict[str, HostResult]:
         hosts = list(restore)
         events: dict[str, list[executor.HostEvent]] = {h: [] for h in hosts}
@@ -350,6 +432,7 @@ class AnsibleOps:
                 "patchpilot_restore": {h: list(p) for h, p in restore.items()},
                 "patchpilot_restart_units": list(restart_units),
                 "patchpilot_lock_timeout": lock_timeout,
+                "patchpilot_checksums": {h: dict(c) for h, c in (checksums or {}).items()},
             },
             on_event=on_event,
         )
@@ -362,8 +445,14 @@ class AnsibleOps:
                 else HostResult(o.status, o.message)
             )
             for ev in events.get(h, []):
-                if ev.task == "Installed versions afterwards" and ev.kind == "ok":
+                if ev.kind != "ok":
+                    continue
+                if ev.task == "Installed versions afterwards":
                     out[h].versions = parse_versions(str(ev.result.get("stdout", "")))
+                elif ev.task == "Verify the restored packages' files":
+                    out[h].verify = parse_verify(str(ev.result.get("stdout", "")))
+                elif ev.task == "Audit dpkg's database":
+                    out[h].audit = _text(" ".join(str(ev.result.get("stdout", "")).split()))
         return out
 
     def measure(
@@ -409,6 +498,7 @@ class AnsiblePatchRun:
                 "patchpilot_lock_timeout": request.lock_timeout,
                 "patchpilot_timeouts": dict(request.timeouts),
                 "patchpilot_expect": {h: dict(items) for h, items in request.expect},
+                "patchpilot_version_sources": list(request.version_sources),
                 "patchpilot_on_impossible": "refuse"
                 if request.refuse_without_rollback
                 else "proceed",

@@ -273,8 +273,30 @@ class Window(_Model):
         return ZoneInfo(self.timezone)
 
 
+# One-line apt source: "deb [options] URI SUITE [COMPONENT...]", over http(s) or file.
+_APT_SOURCE_RE = re.compile(
+    r"deb(?: \[[A-Za-z0-9=,._ -]{1,200}\])? (?:https?://|file:/)[A-Za-z0-9._~:/?#@!$&'()*+,;=%-]{1,400}"
+    r"(?: [A-Za-z0-9._/-]{1,100}){1,20}"
+)
+
+
 class RollbackSpec(_Model):
     on_impossible: Literal["refuse", "proceed"] = "refuse"
+    # Archives that keep old versions (a local aptly/reprepro mirror, snapshot.debian.org),
+    # as one-line apt sources; the preflight reads them only for a previous version that is
+    # neither in apt's cache nor in the host's repositories.
+    version_sources: tuple[str, ...] = Field(default=(), max_length=20)
+
+    @field_validator("version_sources")
+    @classmethod
+    def _apt_sources(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for line in value:
+            if not _APT_SOURCE_RE.fullmatch(line):
+                raise ValueError(
+                    f"{line[:120]!r} is not a one-line apt source: write "
+                    "'deb [options] http://mirror/debian SUITE COMPONENT'"
+                )
+        return value
 
 
 class PlanSpec(_Model):

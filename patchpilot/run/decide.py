@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from patchpilot.errors import ExitCode
-from patchpilot.ops.fleetops import HostResult, deb_filename, run_rollback_dir
+from patchpilot.ops.fleetops import HostResult, deb_filename, parse_verify, run_rollback_dir
 from patchpilot.plan.model import ExpandedPlan, budget_allowed, budget_exceeded
 from patchpilot.run.states import (
     PATCHED,
@@ -91,9 +92,13 @@ def classify_patch(
         )
     if check:
         if x.status == "ok" and x.rollback_missing and refuse_without_rollback:
+            missing = ", ".join(
+                item + (f" ({why})" if (why := x.reasons.get(item.split("=")[0])) else "")
+                for item in x.rollback_missing
+            )
             msg = (
-                "rollback impossible (previous version not available: "
-                f"{', '.join(x.rollback_missing)}); the rollback policy would refuse it"
+                f"rollback impossible (previous version not available: {missing}); "
+                "the rollback policy would refuse it"
             )
             return HostChange(
                 HostEvent.FAIL, Failure.PREFLIGHT, msg, f"  {h}: would be refused: {msg}"
@@ -187,6 +192,39 @@ def rollback_groups(
 def rollback_wrong(item: RestoreItem, x: HostResult) -> dict[str, str | None]:
     """Packages not on the version the rollback was to restore (empty: restored)."""
     return {p: x.versions.get(p) for p, v in item.expected.items() if x.versions.get(p) != v}
+
+
+def rollback_damage(x: HostResult, recorded: Mapping[str, Any]) -> str | None:
+    """What is still wrong on a host whose versions are back, in words (None: nothing):
+    files of the restored packages that `dpkg --verify` finds changed or missing and that
+    were not so before the patch, and anything `dpkg --audit` reports."""
+    before = {
+        line
+        for lines in (recorded.get("modified_before") or {}).values()
+        for line in parse_verify("\n".join(map(str, lines)))
+    }
+    new = [line for line in x.verify if line not in before]
+    problems = []
+    if new:
+        problems.append(
+            f"dpkg --verify finds {len(new)} file(s) changed that were not before the patch "
+            f"({'; '.join(new[:3])}{'; ...' if len(new) > 3 else ''})"
+        )
+    if x.audit:
+        problems.append(f"dpkg --audit: {x.audit[:200]}")
+    return "; ".join(problems) or None
+
+
+def kept_checksums(
+    recorded: Mapping[str, Mapping[str, Any]], hosts: Iterable[str]
+) -> dict[str, dict[str, str]]:
+    """Per host, {kept .deb path: sha256} as the run recorded them at its preflight."""
+    out: dict[str, dict[str, str]] = {}
+    for h in hosts:
+        d = recorded.get(h) or {}
+        paths, sums = d.get("artifacts") or {}, d.get("sha256") or {}
+        out[h] = {str(paths[p]): str(sums[p]) for p in paths if p in sums}
+    return out
 
 
 def to_restore(rows: Iterable[RunHost]) -> list[RunHost]:

@@ -287,10 +287,15 @@ class Journal:
 
     def artifacts(self) -> dict[str, dict[str, str]]:
         """Per host, the .debs kept at its first preflight in this run."""
-        out: dict[str, dict[str, str]] = {}
+        return {h: dict(d.get("artifacts") or {}) for h, d in self.snapshots().items()}
+
+    def snapshots(self) -> dict[str, dict[str, Any]]:
+        """Per host, what its first preflight in this run recorded: versions, the kept .debs
+        with their sources and sha256, and what dpkg --verify found changed before."""
+        out: dict[str, dict[str, Any]] = {}
         for row in self._done_steps("snapshot"):
             for host in row.hosts:
-                out.setdefault(host, dict((row.detail or {}).get("artifacts", {})))
+                out.setdefault(host, dict(row.detail or {}))
         return out
 
     # -- evidence --

@@ -244,6 +244,10 @@ def patch(ctx: RunCtx, b: Batch) -> RunSummary | None:
                 hosts=[r.host],
                 versions=dict(x.snapshot),
                 artifacts={k: v for k, v in x.artifacts.items() if v},
+                sources=dict(x.sources),
+                sha256=dict(x.sha256),
+                notes=dict(x.notes),
+                modified_before={k: v for k, v in x.modified_before.items() if v},
             )
         change = decide.classify_patch(
             r,
@@ -438,11 +442,12 @@ def rollback_hosts(
     versions and, by each host's own stage's checks, health. A host that cannot be rolled
     back is recorded as such; the others go on."""
     journal = ctx.journal
+    recorded = journal.snapshots()
     groups = decide.rollback_groups(
         ctx.plan,
         [r.host for r in rows],
         snapshots={r.host: journal.hosts[r.host].snapshot for r in rows},
-        artifacts=journal.artifacts(),
+        artifacts={h: dict(d.get("artifacts") or {}) for h, d in recorded.items()},
         run_id=ctx.run_id,
     )
     t_first = time.time()
@@ -464,9 +469,11 @@ def rollback_hosts(
                     {item.host: list(item.items) for item in group},
                     restart_units=units,
                     lock_timeout=ctx.opts.lock_timeout,
+                    checksums=decide.kept_checksums(recorded, names),
                 )
                 d["results"] = {
-                    h: {"status": x.status, "message": x.message} for h, x in res.items()
+                    h: {"status": x.status, "message": x.message, "verify": x.verify}
+                    for h, x in res.items()
                 }
         except Exception as exc:
             # Ansible itself failed for this batch (not a host): the batches still to be
@@ -477,7 +484,9 @@ def rollback_hosts(
         restored = []
         for item in group:
             row, x = journal.hosts[item.host], res[item.host]
-            wrong = decide.rollback_wrong(item, x)
+            wrong = decide.rollback_wrong(item, x) or decide.rollback_damage(
+                x, recorded.get(item.host) or {}
+            )
             if x.status == "ok" and not wrong:
                 before = (
                     f"{row.message}; " if row.message and row.status == HostState.FAILED else ""

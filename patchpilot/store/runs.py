@@ -73,6 +73,28 @@ def run_detail(session: Session, run_id: str) -> dict[str, Any]:
         select(AuditEvent).where(AuditEvent.run_id == run_id).order_by(col(AuditEvent.id))
     ).all()
 
+    kept: dict[str, dict[str, dict[str, Any]]] = {}
+    pruned: dict[str, str] = {}
+    for st in steps:
+        if st.kind == "snapshot" and st.state == "done":
+            det = st.detail or {}
+            for h in st.hosts:
+                if h in kept:
+                    continue  # the first snapshot is the one a rollback returns to
+                kept[h] = {
+                    pkg: {
+                        "version": (det.get("versions") or {}).get(pkg),
+                        "source": (det.get("sources") or {}).get(pkg),
+                        "sha256": (det.get("sha256") or {}).get(pkg),
+                        "note": (det.get("notes") or {}).get(pkg),
+                        "path": path,
+                    }
+                    for pkg, path in sorted((det.get("artifacts") or {}).items())
+                }
+        elif st.kind == "prune" and st.state == "done":
+            for h in st.hosts:
+                pruned[h] = _t(st.finished_at)
+
     def stage_name(i: int | None) -> str | None:
         return stages[i] if i is not None and 0 <= i < len(stages) else None
 
@@ -103,6 +125,8 @@ def run_detail(session: Session, run_id: str) -> dict[str, Any]:
                 "failure": h.failure,
                 "message": h.message,
                 "before": h.snapshot,
+                "artifacts": kept.get(h.host, {}),
+                "artifacts_pruned": pruned.get(h.host),
                 "updates": [f"{u['package']} {u['from']} -> {u['to']}" for u in h.updates],
             }
             for h in hosts

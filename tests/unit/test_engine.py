@@ -78,6 +78,7 @@ class FakeFleet:
         *,
         restart_units: Sequence[str],
         lock_timeout: int,
+        checksums: Mapping[str, Mapping[str, str]] | None = None,
     ) -> dict[str, HostResult]:
         self.calls.append(("rollback", tuple(restore)))
         self.restores.append({h: list(items) for h, items in restore.items()})

@@ -12,7 +12,12 @@ import yaml
 
 PLAYBOOKS = sorted((Path(__file__).parents[2] / "playbooks").glob("*.yml"))
 # Run on the controller only: nothing to wait for on a host.
-CONTROLLER_ONLY = {"ansible.builtin.set_fact", "ansible.builtin.meta", "ansible.builtin.debug"}
+CONTROLLER_ONLY = {
+    "ansible.builtin.set_fact",
+    "ansible.builtin.meta",
+    "ansible.builtin.debug",
+    "ansible.builtin.fail",
+}
 KEYWORDS = {
     "name", "when", "register", "timeout", "vars", "tags", "become", "changed_when",
     "failed_when", "no_log", "loop", "run_once", "delegate_to", "ignore_errors", "environment",
