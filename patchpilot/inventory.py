@@ -16,7 +16,7 @@ from sqlmodel import Session, SQLModel, select
 
 from patchpilot.errors import BadInputError
 from patchpilot.ops import executor
-from patchpilot.patches import validate_package_name, validate_version
+from patchpilot.patches import ROLLBACK_SOURCES, validate_package_name, validate_version
 from patchpilot.store.db import session_scope
 from patchpilot.store.models import GatherRun, Host, InstalledPackage, PendingUpdate, Service
 
@@ -141,12 +141,23 @@ def _normalize_update(host: str, u: dict[str, Any]) -> dict[str, Any]:
         "security": bool(u.get("security")),
         "held": bool(u.get("held")),
         "reboot_needed": bool(u.get("reboot_needed")),
+        **_rollback_facts(u.get("rollback")),
         "cve_ids": list(u.get("cve_ids") or []),
         "urgency": u.get("urgency"),
         "changelog_entries": u.get("changelog_entries"),
         "upstream_changed": u.get("upstream_changed"),
         "changelog_date": datetime.fromisoformat(date) if isinstance(date, str) else None,
     }
+
+
+def _rollback_facts(value: Any) -> dict[str, str | None]:
+    """Where a pending update's rollback artifact will come from, as the host reported it:
+    a known word or nothing, and a bounded one-line note (hosts are untrusted)."""
+    if not isinstance(value, dict) or value.get("source") not in ROLLBACK_SOURCES:
+        return {"rollback_source": None, "rollback_note": None}
+    note = value.get("reason")
+    text = "".join(ch for ch in str(note) if ch.isprintable())[:300] if note else None
+    return {"rollback_source": str(value["source"]), "rollback_note": text}
 
 
 def _table(model: type[SQLModel]) -> Table:

@@ -15,6 +15,11 @@ _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+~-]{0,199}")
 # [epoch:]upstream[-revision]: Debian's characters plus RPM's '_' and '^'.
 _VERSION_RE = re.compile(r"(?:\d{1,9}:)?[A-Za-z0-9][A-Za-z0-9.+~_^:-]{0,199}")
 
+# Where a pending update's rollback artifact will come from, as `plan` shows it: apt's
+# cache, a repository that still offers the installed version, a rebuild from the installed
+# package, or nowhere.
+ROLLBACK_SOURCES = frozenset(("cache", "repository", "rebuild", "none"))
+
 
 def validate_package_name(name: str, *, where: str = "package") -> str:
     if not _NAME_RE.fullmatch(name):

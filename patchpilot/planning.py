@@ -121,6 +121,8 @@ def build_plan(
                     held=u.held,
                     reboot_needed=u.reboot_needed,
                     first_seen=_aware(u.first_seen),
+                    rollback_source=u.rollback_source,
+                    rollback_note=u.rollback_note,
                 )
                 for u in pending
             ]

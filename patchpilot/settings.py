@@ -60,6 +60,9 @@ class Settings(BaseSettings):
     """Risk probability from which a pending update is 'medium' (canary strategy)."""
     risk_high: float = 0.10
     """Risk probability from which a pending update is 'high' (manual review)."""
+    rollback_keep_days: int = Field(default=30, ge=0)
+    """Days a finished run's rollback artifacts stay on its hosts; `apply` prunes older
+    ones on the hosts it patched when it ends (0: never automatically)."""
     metrics_textfile_dir: Path | None = None
     """Where `apply` keeps node_exporter's textfile (patchpilot.prom) up to date; unset: off."""
     metrics_pushgateway: str | None = None

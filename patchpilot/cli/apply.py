@@ -3,6 +3,7 @@ planning and the engine."""
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -28,8 +29,12 @@ from patchpilot.console import err_console, info, print_json
 from patchpilot.errors import BadInputError, ExitCode
 
 if TYPE_CHECKING:
-    from patchpilot.ops.fleetops import PatchRun
+    from sqlalchemy import Engine
+
+    from patchpilot.ops.fleetops import AnsibleOps, PatchRun
     from patchpilot.run.lifecycle import ApplyOptions, RunSummary
+
+log = logging.getLogger(__name__)
 
 InventoryOpt = Annotated[
     Path, typer.Option("-i", "--inventory", help="Ansible inventory: file, directory or script.")
@@ -193,11 +198,43 @@ def stop_status() -> None:
         _STATUS.pop().stop()
 
 
-def _exit(summary: RunSummary) -> None:
+def _exit(summary: RunSummary, *, prune_with: tuple[Engine, AnsibleOps, int] | None = None) -> None:
     stop_status()
+    if prune_with is not None:
+        _auto_prune(summary, *prune_with)
     info(f"run {summary.run_id}: {summary.status}: {summary.message}")
     if summary.exit_code != ExitCode.OK:
         raise typer.Exit(int(summary.exit_code))
+
+
+def _auto_prune(summary: RunSummary, engine: Engine, ops: AnsibleOps, keep_days: int) -> None:
+    """Once a run has ended, the artifacts of runs finished more than `keep_days` ago go from
+    the hosts this run reached (rollback_keep_days; 0: never). It never fails the run."""
+    from datetime import timedelta
+
+    from patchpilot.run.prune import prunable, prune
+    from patchpilot.run.states import RunState
+
+    if keep_days <= 0 or summary.status in (RunState.PAUSED, RunState.CHECK, RunState.CHECK_FAILED):
+        return
+    try:
+        items = prunable(
+            engine,
+            older_than=timedelta(days=keep_days),
+            now=datetime.now(UTC),
+            hosts=list(summary.hosts),
+        )
+        items = [i for i in items if i.run_id != summary.run_id and i.hosts]
+        if not items:
+            return
+        done = prune(engine, items, ops)
+        n = sum(1 for hosts in done.values() for w in hosts.values() if w == "pruned")
+        info(
+            f"pruned the rollback artifacts of {len(done)} run(s) older than {keep_days} days "
+            f"({n} host folder(s); rollback_keep_days)"
+        )
+    except Exception as exc:  # a prune is housekeeping: the run's result stands
+        log.warning("pruning old rollback artifacts failed: %s", exc)
 
 
 def apply(
@@ -307,7 +344,8 @@ def _apply(
 
         run = load_run(engine, resume)
         ops = AnsibleOps(inventory or run.inventory)
-        _exit(resume_run(engine, resume, ops=ops, opts=opts))
+        keep = state(ctx).settings.rollback_keep_days
+        _exit(resume_run(engine, resume, ops=ops, opts=opts), prune_with=(engine, ops, keep))
         return
     if plan_file is None or inventory is None:
         raise BadInputError(
@@ -368,7 +406,8 @@ def _apply(
             opts=opts,
             run_id=run_id,
             patching=warm,
-        )
+        ),
+        prune_with=(engine, ops, state(ctx).settings.rollback_keep_days),
     )
 
 

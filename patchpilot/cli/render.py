@@ -52,7 +52,10 @@ def render_plan(
                 )
                 for u in h["updates"]:
                     risk = f"{u['risk']} {u['probability']:.1%}" if u.get("risk") else "unscored"
-                    hnode.add(f"{u['package']} {u['from']} -> {u['to']}  [dim]risk {risk}[/]")
+                    hnode.add(
+                        f"{escape(u['package'])} {escape(u['from'])} -> {escape(u['to'])}  "
+                        f"[dim]risk {risk}[/]{_rollback_mark(u)}"
+                    )
     console.print(tree)
     fb = expansion["failure_budget"]
     basis = f"{fb['percent']}%" if fb.get("percent") is not None else f"{fb.get('hosts', 0)} hosts"
@@ -83,7 +86,37 @@ def render_plan(
     console.print("rollback sequence (reverse deploy order):")
     for r in expansion["rollback"]:
         pk = ", ".join(f"{p['package']} -> {p['to_version']}" for p in r["packages"])
-        console.print(f"  {r['host']} ({r['stage']} batch {r['batch'] + 1}): {pk}")
+        console.print(f"  {r['host']} ({r['stage']} batch {r['batch'] + 1}): {pk}", markup=False)
+    counts: dict[str, int] = {}
+    for h in expansion["hosts"]:
+        for u in h["updates"]:
+            key = u.get("rollback_source") or "unknown"
+            counts[key] = counts.get(key, 0) + 1
+    if counts:
+        words = {
+            "cache": "from apt's cache",
+            "repository": "from the hosts' repositories",
+            "rebuild": "rebuilt from the installed package",
+            "none": "CANNOT be rolled back",
+            "unknown": "source not reported (gather again)",
+        }
+        console.print(
+            "rollback artifacts: "
+            + ", ".join(f"{n} {words.get(k, k)}" for k, n in sorted(counts.items())),
+            markup=False,
+        )
+
+
+def _rollback_mark(u: dict[str, Any]) -> str:
+    """The plan view's word on where an update's rollback artifact will come from, where it
+    is not simply apt's cache or a repository."""
+    source = u.get("rollback_source")
+    if source == "rebuild":
+        return "  [cyan]rollback: rebuilt from the installed package[/]"
+    if source == "none":
+        note = escape(u.get("rollback_note") or "no artifact")
+        return f"  [bold red]cannot be rolled back: {note}[/]"
+    return ""
 
 
 def render_runs(rows: list[dict[str, Any]]) -> None:

@@ -455,6 +455,26 @@ class AnsibleOps:
                     out[h].audit = _text(" ".join(str(ev.result.get("stdout", "")).split()))
         return out
 
+    def prune(self, runs: Mapping[str, Sequence[str]]) -> dict[str, HostResult]:
+        """Remove the named runs' rollback folders on each host ({host: [run id, ...]})."""
+        hosts = list(runs)
+        result = executor.run_playbook(
+            "prune.yml",
+            self.inventory,
+            hosts=hosts,
+            forks=self.forks,
+            extravars={"patchpilot_prune": {h: list(r) for h, r in runs.items()}},
+        )
+        out: dict[str, HostResult] = {}
+        for h in hosts:
+            o = result.hosts.get(h)
+            out[h] = (
+                HostResult("unreachable", "no answer from Ansible")
+                if o is None
+                else HostResult(o.status, o.message)
+            )
+        return out
+
     def measure(
         self, specs: Sequence[CheckSpec], hosts: Sequence[str], *, since: float | None
     ) -> dict[str, list[Measurement]]:

@@ -13,7 +13,7 @@ import gc
 import hashlib
 import re
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from itertools import filterfalse, repeat
@@ -162,6 +162,8 @@ def _expand(
         )
         skipped.sort()
 
+    warnings.extend(_no_rollback(spec, host_plans.values()))
+
     return ExpandedPlan(
         plan=spec.name,
         emergency=spec.emergency,
@@ -175,6 +177,25 @@ def _expand(
         budget=spec.failure_budget,
         warnings=tuple(warnings),
     )
+
+
+def _no_rollback(spec: PlanSpec, plans: Iterable[HostPlan]) -> list[str]:
+    """Each planned host with an update that cannot be rolled back, named before anything
+    runs with what the plan's rollback.on_impossible will do about it."""
+    out = []
+    for h in plans:
+        stuck = [u for u in h.updates if u.rollback_source == "none"]
+        if not stuck:
+            continue
+        what = ", ".join(
+            f"{u.package} {u.installed_version} ({u.rollback_note or 'no artifact'})" for u in stuck
+        )
+        if spec.rollback.on_impossible == "refuse":
+            then = f"rollback.on_impossible is refuse: {h.name} will be refused at its preflight"
+        else:
+            then = f"rollback.on_impossible is proceed: {h.name} is patched with no way back"
+        out.append(f"{h.name}: cannot be rolled back: {what}; {then}")
+    return out
 
 
 def _target_reason(spec: PlanSpec, host: PlanHost) -> str | None:

@@ -16,7 +16,7 @@ from functools import cached_property
 from typing import Any, NamedTuple
 
 from patchpilot.errors import BadInputError
-from patchpilot.patches import validate_package_name, validate_version
+from patchpilot.patches import ROLLBACK_SOURCES, validate_package_name, validate_version
 from patchpilot.plan.spec import FailureBudget, Stage
 from patchpilot.risk.types import RiskLevel, RiskScore
 
@@ -53,6 +53,10 @@ class PlanUpdate:
     held: bool
     reboot_needed: bool
     first_seen: datetime  # aware
+    # Where the rollback artifact will come from (cache, repository, rebuild, none; None:
+    # the host did not say) and, for none, why: what `plan` shows before the window.
+    rollback_source: str | None = None
+    rollback_note: str | None = None
 
 
 # --- outputs ---------------------------------------------------------------------------------
@@ -227,6 +231,8 @@ def _host_dict(h: HostPlan) -> dict[str, Any]:
                 "source": u.source,
                 "security": u.security,
                 "reboot_needed": u.reboot_needed,
+                "rollback_source": u.rollback_source,
+                "rollback_note": u.rollback_note,
                 "risk": s.level.value if s else None,
                 "probability": s.probability if s else None,
             }
@@ -291,7 +297,19 @@ def _update(u: Mapping[str, Any], evaluated_at: datetime, where: str) -> PlanUpd
         reboot_needed=bool(u["reboot_needed"]),
         # Not kept in the JSON form (selection is over once a plan is expanded).
         first_seen=evaluated_at,
+        rollback_source=_rollback_source(u.get("rollback_source"), where),
+        rollback_note=_rollback_note(u.get("rollback_note")),
     )
+
+
+def _rollback_source(value: Any, where: str) -> str | None:
+    if value is not None and value not in ROLLBACK_SOURCES:
+        raise BadInputError(f"{where}: unknown rollback source {str(value)[:40]!r}")
+    return value
+
+
+def _rollback_note(value: Any) -> str | None:
+    return None if value is None else str(value)[:300]
 
 
 def _risk(u: Mapping[str, Any]) -> RiskScore | None:

@@ -289,6 +289,10 @@ class Journal:
         """Per host, the .debs kept at its first preflight in this run."""
         return {h: dict(d.get("artifacts") or {}) for h, d in self.snapshots().items()}
 
+    def pruned(self) -> dict[str, datetime | None]:
+        """Hosts whose rollback artifacts for this run were pruned, and when."""
+        return {h: row.finished_at for row in self._done_steps("prune") for h in row.hosts}
+
     def snapshots(self) -> dict[str, dict[str, Any]]:
         """Per host, what its first preflight in this run recorded: versions, the kept .debs
         with their sources and sha256, and what dpkg --verify found changed before."""

@@ -439,6 +439,17 @@ def rollback_run(
             "can be rolled back",
         )
     names = [r.host for r in scope]
+    pruned = ctx.journal.pruned()
+    gone = [h for h in names if h in pruned]
+    if gone:
+        when = pruned[gone[0]]
+        raise BadInputError(
+            f"the rollback artifacts of run {run_id} were pruned from {', '.join(gone)} "
+            f"({f'on {when:%Y-%m-%d}' if when else 'earlier'}): nothing to install the "
+            "previous versions from",
+            hint="roll those hosts back by hand from an archive that keeps the versions "
+            f"(`patchpilot runs show {run_id}` lists them), or leave them out with --hosts",
+        )
     acquire_locks(engine, run_id, names, progress=ctx.say)
     try:
         detail = {"limit": limit} if limit is not None else {}

@@ -81,6 +81,10 @@ class PendingUpdate(SQLModel, table=True):
     security: bool = False
     held: bool = False
     reboot_needed: bool = False
+    # Where the rollback artifact of the installed version will come from (cache,
+    # repository, rebuild, none; None: not reported) and, for none, why.
+    rollback_source: str | None = None
+    rollback_note: str | None = None
     first_seen: datetime = Field(default_factory=utcnow)
     # Changelog facts (None where no changelog could be read).
     cve_ids: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))

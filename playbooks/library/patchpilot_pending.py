@@ -192,6 +192,31 @@ def parse_zypper_updates(xml_text):
 
 
 # ---- host-side gathering ----------------------------------------------------------------
+def rollback_source(name, version, arch, downloadable, installed, kernel_release=None):
+    """Where patchpilot_patch will take the installed version's .deb from for a rollback:
+    apt's cache, a repository that still offers it, a rebuild from the installed package,
+    or nowhere (with why)."""
+    release = kernel_release or os.uname().release
+    if name == "linux-image-" + release:
+        return {
+            "source": "none",
+            "reason": "the running kernel's own image: a downgrade would replace the "
+            "running kernel's modules",
+        }
+    fname = "{}_{}_{}.deb".format(name, version.replace(":", "%3a"), arch)
+    if os.path.exists(os.path.join("/var/cache/apt/archives", fname)):
+        return {"source": "cache"}
+    if downloadable:
+        return {"source": "repository"}
+    if installed:
+        return {"source": "rebuild"}
+    return {
+        "source": "none",
+        "reason": "not in apt's cache nor in any repository, and not fully installed, so "
+        "it cannot be rebuilt",
+    }
+
+
 def boot_facts():
     """Boot time from PID 1's start (right for VMs and containers alike) and the boot id."""
     facts = {"boot_id": None, "boot_time": None, "uptime_seconds": None}
@@ -244,6 +269,15 @@ def apt_updates(module, changelogs, cache_dir):
                 "security": is_security_origin(label, archive),
                 "held": pkg.selected_state == apt_pkg.SELSTATE_HOLD,
                 "reboot_needed": reboot_needed(pkg.name),
+                "rollback": rollback_source(
+                    pkg.name,
+                    cur.ver_str,
+                    cur.arch,
+                    downloadable=any(
+                        not f.not_source and f.archive != "now" for f, _ in cur.file_list
+                    ),
+                    installed=pkg.current_state == apt_pkg.CURSTATE_INSTALLED,
+                ),
                 "size": cand.size,
             }
         )

@@ -36,7 +36,7 @@ def test_new_sqlite_store_is_created_migrated_and_in_wal_mode(tmp_path: Path) ->
     } <= tables
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert conn.execute("SELECT version_num FROM alembic_version").fetchone()[0] == "0005"
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchone()[0] == "0006"
 
 
 def test_the_fast_open_path_knows_the_newest_migration() -> None:
