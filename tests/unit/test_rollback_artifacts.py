@@ -203,3 +203,58 @@ def test_a_version_source_is_a_one_line_apt_source(line: str) -> None:
         RollbackSpec(version_sources=(line,))
     ok = "deb [trusted=yes] http://10.0.0.1:8800/history ./"
     assert RollbackSpec(version_sources=(ok,)).version_sources == (ok,)
+
+
+@pytest.mark.skipif(
+    shutil.which("apt-get") is None or shutil.which("dpkg-scanpackages") is None,
+    reason="needs apt-get and dpkg-scanpackages",
+)
+def test_a_version_source_serves_a_version_no_repository_of_the_host_has(tmp_path: Path) -> None:
+    # A local archive that keeps history (a file: apt source, as a mirror would be).
+    history = tmp_path / "history"
+    root = tmp_path / "pkg"
+    (root / "DEBIAN").mkdir(parents=True)
+    (root / "DEBIAN" / "control").write_text(
+        "Package: ppversioned\nVersion: 1.0-1\nArchitecture: all\n"
+        "Maintainer: t <t@example.org>\nDescription: kept only by the archive\n"
+    )
+    history.mkdir()
+    subprocess.run(
+        ["dpkg-deb", "--build", str(root), str(history / "ppversioned_1.0-1_all.deb")],
+        check=True,
+        capture_output=True,
+    )
+    index = subprocess.run(
+        ["dpkg-scanpackages", "-m", "."], cwd=history, capture_output=True, check=True
+    ).stdout
+    (history / "Packages").write_bytes(index)
+    source = f"deb [trusted=yes] file:{history} ./"
+    RollbackSpec(version_sources=(source,))  # what a plan accepts
+    kept = tmp_path / "rollback"
+    kept.mkdir()
+    target = str(kept / "ppversioned_1.0-1_all.deb")
+
+    nowhere = pm.ArtifactFetcher(str(kept), [], check=False)
+    assert nowhere.fetch("ppversioned", "1.0-1", "all", target, rebuild=False) == (
+        None,
+        "not in apt's cache nor in the host's repositories; not installed, so it cannot be rebuilt",
+    )
+    would = pm.ArtifactFetcher(str(kept), [source], check=True)
+    try:
+        assert would.fetch("ppversioned", "1.0-1", "all", target, rebuild=False) == ("archive", "")
+    finally:
+        would.close()
+    assert not Path(target).exists()  # check mode fetches nothing
+    fetcher = pm.ArtifactFetcher(str(kept), [source], check=False)
+    try:
+        assert fetcher.fetch("ppversioned", "1.0-1", "all", target, rebuild=False) == (
+            "archive",
+            "",
+        )
+    finally:
+        fetcher.close()
+    fields = subprocess.run(
+        ["dpkg-deb", "-f", target, "Package", "Version"], capture_output=True, text=True
+    ).stdout.split()
+    assert fields == ["Package:", "ppversioned", "Version:", "1.0-1"]
+    assert sorted(p.name for p in kept.iterdir()) == ["ppversioned_1.0-1_all.deb"]
