@@ -79,7 +79,10 @@ def main() -> None:
             check=True,
         )  # fmt: skip
     data = yaml.safe_load(args.inventory.read_text())
-    host = args.host or next(h for g in data["all"]["children"].values() for h in g["hosts"])
+    names = [h for g in data["all"]["children"].values() for h in g["hosts"]]
+    host = args.host or names[0]
+    if host not in names:
+        raise SystemExit(f"{host} is not in {args.inventory} (its hosts: {', '.join(names)})")
     ansible(
         args.inventory, host, "ansible.builtin.file", f"path={SCRATCH} state=directory mode=0700"
     )
