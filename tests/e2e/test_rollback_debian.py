@@ -39,7 +39,11 @@ def _state(lab: LabFleet, host: str) -> tuple[str, str]:
     return versions.stdout, verify.stdout
 
 
-def _audit_clean(lab: LabFleet, host: str) -> None:
+def _audit_clean(lab: LabFleet, host: str, restored: set[str]) -> None:
+    """dpkg --verify finds nothing changed in the restored packages, dpkg --audit nothing
+    amiss, and ssh answers."""
+    verify = lab.ssh(host, "dpkg --verify " + " ".join(sorted(restored)), check=False)
+    assert verify.stdout.strip() == "", (host, verify.stdout)
     assert lab.ssh(host, "dpkg --audit").stdout.strip() == "", host
     assert lab.ssh(host, "echo ok").stdout.strip() == "ok"  # ssh still answers
 
@@ -174,14 +178,14 @@ def test_a_manual_rollback_of_two_hosts_puts_every_real_package_back(
     assert proc.returncode == 0, proc.stdout + proc.stderr
     for h in BY_HAND:
         assert _state(lab, h) == applied["before"][h], h
-        _audit_clean(lab, h)
+        _audit_clean(lab, h, applied["pending"][h])
     # The rest of the run goes back too: the whole lab is as it was before the run.
     rest = sorted(set(lab.hosts) - set(BY_HAND))
     proc = pp("--db", str(store), "rollback", run_id, check=False, timeout=1200)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     for h in rest:
         assert _state(lab, h) == applied["before"][h], h
-        _audit_clean(lab, h)
+        _audit_clean(lab, h, applied["pending"][h])
     shown = _json("--db", str(store), "runs", "show", run_id, "--json")
     assert {h["status"] for h in shown["hosts"]} == {"rolled_back"}
     # Its artifacts can go now: pruned on every host, and a rollback says they are gone.
@@ -212,7 +216,7 @@ def test_a_failing_verdict_rolls_real_packages_back_in_the_same_run(
         assert any("libssl3" in u for h in run["hosts"] for u in h["updates"])
         for h in BY_HAND:
             assert _state(lab, h) == before[h], h
-            _audit_clean(lab, h)
+            _audit_clean(lab, h, applied["pending"][h])
             assert http_get(f"http://{lab.hosts[h]}:8080/")[0] == 200
     finally:
         pp("lab", "demo", "--offer", "1.0-1", check=False)
