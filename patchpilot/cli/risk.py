@@ -134,6 +134,62 @@ def evaluate(
     )
 
 
+@app.command()
+def backtest(
+    first_year: Annotated[
+        int, typer.Option("--from", metavar="YEAR", help="The first yearly origin (1 July).")
+    ] = 2016,
+    dsa: Annotated[
+        Path | None, typer.Option("--dsa", help="A DSA list (data/DSA/list); else shipped data.")
+    ] = None,
+    dla: Annotated[Path | None, typer.Option("--dla", help="A DLA list (data/DLA/list).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Rolling-origin backtest: per yearly origin, train on what was known before it and
+    score the year after; per fold and pooled, the model against the base rate and the
+    rule, with the model's reliability in deciles."""
+    from patchpilot.risk.backtest import backtest as run_backtest
+
+    if not 1990 <= first_year <= 2100:
+        raise BadInputError(f"--from {first_year}: not a plausible year", hint="e.g. --from 2016")
+    folds, pooled = run_backtest(_table(dsa, dla), first_year=first_year)
+    if as_json:
+        print_json({"folds": [f.to_dict() for f in folds], "pooled": pooled.to_dict()})
+        return
+    rows = []
+    for f, label in [*((f, f"{f.origin:%Y-%m}") for f in folds), (pooled, "pooled")]:
+        for r in f.results:
+            rows.append(
+                (
+                    label,
+                    r.method,
+                    r.count,
+                    r.positives,
+                    f"{r.roc_auc:.3f}",
+                    f"{r.pr_auc:.3f}",
+                    f"{r.brier:.4f}",
+                    f"{r.log_loss:.4f}",
+                    f"{r.top10:.1%}",
+                    f"{r.top20:.1%}",
+                )
+            )
+    print_table(
+        f"rolling-origin backtest, origins 1 July {folds[0].origin.year}..{folds[-1].origin.year}",
+        ["fold", "method", "count", "regr.", "ROC AUC", "PR AUC", "Brier", "log loss",
+         "top 10%", "top 20%"],
+        rows,
+    )  # fmt: skip
+    print_table(
+        "model reliability, all folds pooled (deciles of the prediction)",
+        ["count", "predicted", "observed", "95% interval", "within"],
+        [
+            (b.count, f"{b.predicted:.2%}", f"{b.observed:.2%}",
+             f"{b.low:.2%}..{b.high:.2%}", "yes" if b.within else "NO")
+            for b in pooled.reliability
+        ],
+    )  # fmt: skip
+
+
 def _table(dsa: Path | None, dla: Path | None) -> pd.DataFrame:
     from patchpilot.risk.advisories import read_advisory_list
     from patchpilot.risk.dataset import build_table_from_lists, shipped_table

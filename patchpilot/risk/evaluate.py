@@ -8,7 +8,7 @@ from datetime import date
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
+from sklearn.metrics import average_precision_score, brier_score_loss, log_loss, roc_auc_score
 
 from patchpilot.errors import BadInputError
 from patchpilot.risk.dataset import TRAIN_FROM, advisory_events, advisory_items, training_rows
@@ -26,6 +26,7 @@ class MethodResult:
     brier: float
     top10: float  # share of regressions among the top-ranked 10%
     top20: float
+    log_loss: float = float("nan")
 
 
 def rule_points(cols: pd.DataFrame) -> np.ndarray:
@@ -86,6 +87,7 @@ def _metrics(name: str, p: np.ndarray, y: np.ndarray) -> MethodResult:
         brier=float(brier_score_loss(y, np.clip(p, 0, 1))),
         top10=recall_at(p, y, 0.10),
         top20=recall_at(p, y, 0.20),
+        log_loss=float(log_loss(y, np.clip(p, 1e-6, 1 - 1e-6), labels=[0, 1])),
     )
 
 
@@ -97,6 +99,26 @@ def evaluate(
     test_until: date,
     train_from: date = TRAIN_FROM,
 ) -> list[MethodResult]:
+    y_test, scored = predictions(
+        table,
+        train_until=train_until,
+        test_from=test_from,
+        test_until=test_until,
+        train_from=train_from,
+    )
+    return [_metrics(name, p, y_test) for name, p in scored.items()]
+
+
+def predictions(
+    table: pd.DataFrame,
+    *,
+    train_until: date,
+    test_from: date,
+    test_until: date,
+    train_from: date = TRAIN_FROM,
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Train on what was known before `train_until` and score the test range: its labels
+    and each method's probabilities (the model, the base rate, the rule's points)."""
     if not train_until <= test_from <= test_until:
         raise BadInputError(
             f"bad ranges: train until {train_until}, test {test_from}..{test_until}",
@@ -121,10 +143,8 @@ def evaluate(
     x_test, cols_test = design_matrix(advisory_items(test), test_hist)
     y_test = test["regression"].to_numpy()
     p_model, _, _ = model.predict(x_test)
-    p_base = np.full(len(y_test), base)
-    p_rule = _calibrate_points(rule_points(cols_train), y_train, rule_points(cols_test))
-    return [
-        _metrics("model", p_model, y_test),
-        _metrics("base rate", p_base, y_test),
-        _metrics("rule points", p_rule, y_test),
-    ]
+    return y_test, {
+        "model": p_model,
+        "base rate": np.full(len(y_test), base),
+        "rule points": _calibrate_points(rule_points(cols_train), y_train, rule_points(cols_test)),
+    }
